@@ -1,0 +1,116 @@
+//! Service configuration from the environment (12-factor). Every variable
+//! has a documented default except where a wrong guess would be worse than
+//! failing at boot.
+
+use std::time::Duration;
+
+use shared_schemas::subjects::DEFAULT_PREFIX;
+
+/// How a domain service reaches its infrastructure.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// `NATS_URL`, default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`.
+    pub database_url: String,
+    /// `MC_DB_SCHEMA`: the Postgres schema the service owns; default: the
+    /// service name.
+    pub database_schema: Option<String>,
+    /// `MC_DB_MAX_CONNECTIONS`, default 10.
+    pub database_max_connections: u32,
+    /// `MC_SUBJECT_PREFIX`, default `mc`.
+    pub subject_prefix: String,
+    /// `MC_REQUEST_TIMEOUT_MS`: default handler timeout, default 10000.
+    pub request_timeout: Duration,
+    /// `MC_SHUTDOWN_GRACE_SECS`: how long in-flight requests may take to
+    /// finish after SIGTERM, default 30.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            database_schema: None,
+            database_max_connections: 10,
+            subject_prefix: DEFAULT_PREFIX.into(),
+            request_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A variable is set to something that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl ServiceConfig {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch
+    /// the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
+            database_url: lookup("DATABASE_URL").unwrap_or(defaults.database_url),
+            database_schema: lookup("MC_DB_SCHEMA").filter(|s| !s.is_empty()),
+            database_max_connections: parse(&lookup, "MC_DB_MAX_CONNECTIONS")?
+                .unwrap_or(defaults.database_max_connections),
+            subject_prefix: lookup("MC_SUBJECT_PREFIX").unwrap_or(defaults.subject_prefix),
+            request_timeout: parse(&lookup, "MC_REQUEST_TIMEOUT_MS")?
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.request_timeout),
+            shutdown_grace: parse(&lookup, "MC_SHUTDOWN_GRACE_SECS")?
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.shutdown_grace),
+        })
+    }
+}
+
+/// Parses an optional numeric variable.
+pub fn parse<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    lookup(name)
+        .map(|value| {
+            value.trim().parse().map_err(|e: T::Err| ConfigError {
+                name,
+                reason: e.to_string(),
+                value,
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_bad_numbers_are_named() {
+        let config = ServiceConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config.subject_prefix, "mc");
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
+
+        let err = ServiceConfig::from_lookup(|name| {
+            (name == "MC_REQUEST_TIMEOUT_MS").then(|| "soon".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "MC_REQUEST_TIMEOUT_MS");
+    }
+}

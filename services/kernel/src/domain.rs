@@ -1,0 +1,47 @@
+//! A domain: the plugins of one service and the migrations of the tables
+//! it owns. Its crate builds one with [`Domain::new`]; the plugin list is
+//! generated at build time from the files in `src/plugins/`.
+
+use sqlx::migrate::Migrator;
+
+use crate::plugin::PluginEntry;
+
+/// Everything a service process needs to know about its domain.
+#[derive(Debug)]
+pub struct Domain {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub description: &'static str,
+    pub plugins: Vec<PluginEntry>,
+    pub migrations: Option<Migrator>,
+}
+
+impl Domain {
+    /// `name` must be a valid NATS micro service name (`A-Z a-z 0-9 _ -`);
+    /// `version` a semver string (the crate's, usually).
+    pub fn new(name: &'static str, version: &'static str) -> Self {
+        Self {
+            name,
+            version,
+            description: "",
+            plugins: Vec::new(),
+            migrations: None,
+        }
+    }
+
+    pub fn description(mut self, description: &'static str) -> Self {
+        self.description = description;
+        self
+    }
+
+    pub fn plugins(mut self, plugins: Vec<PluginEntry>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// The domain's migrations, usually `sqlx::migrate!()`.
+    pub fn migrations(mut self, migrations: Migrator) -> Self {
+        self.migrations = Some(migrations);
+        self
+    }
+}

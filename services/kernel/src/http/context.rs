@@ -1,0 +1,94 @@
+//! The handler's view of its request beyond the data: who asked (request
+//! id, headers) and how to shape the answer (status, headers).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::header::{InvalidHeaderName, InvalidHeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// Handed to every handler. Cheap to clone; the kernel keeps a clone to
+/// read back the status and headers the handler set.
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    request_id: String,
+    headers: HeaderMap,
+    reply: Mutex<ReplyParts>,
+}
+
+/// What a handler set on its answer.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ReplyParts {
+    pub status: Option<StatusCode>,
+    pub headers: HeaderMap,
+}
+
+/// A header the handler tried to set is not valid HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidHeader {
+    #[error(transparent)]
+    Name(#[from] InvalidHeaderName),
+    #[error(transparent)]
+    Value(#[from] InvalidHeaderValue),
+}
+
+impl Context {
+    pub(crate) fn new(request_id: String, headers: HeaderMap) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                request_id,
+                headers,
+                reply: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The request id: the gateway's `X-Request-ID`, the root of the causal
+    /// chain of everything this request publishes.
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// A request header the client sent (hop-by-hop headers excluded).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner.headers.get(name)?.to_str().ok()
+    }
+
+    /// The status of the answer; wins over the default (200 on success,
+    /// 400 on a business failure).
+    pub fn set_status(&self, status: StatusCode) {
+        self.reply().status = Some(status);
+    }
+
+    /// Sets a response header, replacing any earlier value.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), InvalidHeader> {
+        let name = HeaderName::from_bytes(name.as_bytes())?;
+        let value = HeaderValue::from_str(value)?;
+        self.reply().headers.insert(name, value);
+        Ok(())
+    }
+
+    /// Answers with a redirect to `location` (303 See Other unless a status
+    /// was set).
+    pub fn redirect(&self, location: &str) -> Result<(), InvalidHeader> {
+        let value = HeaderValue::from_str(location)?;
+        let mut reply = self.reply();
+        reply.headers.insert(http::header::LOCATION, value);
+        reply.status.get_or_insert(StatusCode::SEE_OTHER);
+        Ok(())
+    }
+
+    pub(crate) fn take_reply(&self) -> ReplyParts {
+        std::mem::take(&mut *self.reply())
+    }
+
+    fn reply(&self) -> MutexGuard<'_, ReplyParts> {
+        // Poisoned only if a handler panicked mid-update; the parts are
+        // still usable data.
+        self.inner.reply.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,135 @@
+//! Serving one request: wire metadata in, envelope out. Invalid input never
+//! reaches the handler (422); a panic or internal error is a generic 500
+//! with the cause in the log; a handler past its timeout is abandoned
+//! (504).
+
+use std::panic::AssertUnwindSafe;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use shared_schemas::{ApiResponse, http as wire};
+use tracing::Instrument;
+
+use super::{Context, HandlerError, RequestData, Route};
+use crate::causality::{self, Cause};
+use crate::transport::{Incoming, Message};
+
+/// Handles `incoming` with `route` and sends the reply.
+pub(crate) async fn serve(route: &Route, incoming: Incoming) {
+    let reply = answer(route, &incoming.message).await;
+    if let Err(e) = incoming.respond(reply).await {
+        tracing::warn!(plugin = %route.plugin, error = %e, "could not send the reply");
+    }
+}
+
+async fn answer(route: &Route, request: &Message) -> Message {
+    let headers = &request.headers;
+    let request_id = text(headers, wire::REQUEST_ID)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut params: Vec<(String, String)> = Vec::new();
+    for source in [wire::QUERY, wire::PATH_PARAMS] {
+        if let Some(encoded) = text(headers, source) {
+            params.extend(form_urlencoded::parse(encoded.as_bytes()).into_owned());
+        }
+    }
+    let data = RequestData {
+        params,
+        body: &request.body,
+    };
+    let ctx = Context::new(request_id.clone(), client_headers(headers));
+
+    let span = tracing::info_span!(
+        "request",
+        plugin = %route.plugin,
+        request_id = %request_id,
+        route = %format_args!("{} {}", route.method, route.path),
+    );
+    let future = match (route.handler)(&data, ctx.clone()) {
+        Ok(future) => future,
+        Err(invalid) => {
+            span.in_scope(|| tracing::debug!(error = %invalid.message, "invalid input"));
+            let body = ApiResponse::<()>::invalid(invalid.message, invalid.fields);
+            return envelope(StatusCode::UNPROCESSABLE_ENTITY, &body, Default::default());
+        }
+    };
+    let run = causality::scope(
+        Cause::request(&request_id),
+        AssertUnwindSafe(future).catch_unwind(),
+    );
+    let outcome = tokio::time::timeout(route.timeout, run)
+        .instrument(span.clone())
+        .await;
+    let parts = ctx.take_reply();
+    let _entered = span.enter();
+    match outcome {
+        Ok(Ok(Ok(body))) => reply(
+            parts.status.unwrap_or(route.success),
+            parts.headers,
+            body.into(),
+        ),
+        Ok(Ok(Err(HandlerError::Rejected { status, message }))) => {
+            let status = status.or(parts.status).unwrap_or(StatusCode::BAD_REQUEST);
+            envelope(status, &ApiResponse::<()>::error(message), parts.headers)
+        }
+        Ok(Ok(Err(HandlerError::Internal(cause)))) => {
+            tracing::error!(error = %cause, "handler failed");
+            internal_error()
+        }
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "handler panicked");
+            internal_error()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?route.timeout, "handler timed out");
+            let message = format!("the handler did not answer within {:?}", route.timeout);
+            envelope(
+                StatusCode::GATEWAY_TIMEOUT,
+                &ApiResponse::<()>::error(message),
+                Default::default(),
+            )
+        }
+    }
+}
+
+fn internal_error() -> Message {
+    envelope(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &ApiResponse::<()>::error("internal server error"),
+        Default::default(),
+    )
+}
+
+fn envelope(status: StatusCode, body: &ApiResponse<()>, headers: HeaderMap) -> Message {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    reply(status, headers, body.into())
+}
+
+fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Message {
+    headers.insert(wire::STATUS, HeaderValue::from(status.as_u16()));
+    headers
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    Message { headers, body }
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// The client's own headers: everything but the gateway's metadata.
+fn client_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !wire::is_reserved(name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}

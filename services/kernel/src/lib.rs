@@ -1,0 +1,37 @@
+//! The microcore kernel: what every domain service links.
+//!
+//! A domain is a set of plugins, one feature per file. The kernel injects
+//! the tools each plugin names ([`tools`]), boots the plugins
+//! ([`plugin`]), serves their HTTP endpoints over the bus ([`http`],
+//! [`transport`]) and runs the process until it is told to stop
+//! ([`service`]).
+//!
+//! Start with [`prelude`]: it is all a plugin file needs.
+
+pub mod causality;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod plugin;
+pub mod service;
+pub mod telemetry;
+pub mod tools;
+pub mod transport;
+
+pub use config::ServiceConfig;
+pub use domain::Domain;
+pub use plugin::{BootError, Plugin, PluginEntry, PluginId, PluginState};
+pub use service::{RunningService, Service, ServiceError};
+
+/// Everything a plugin file uses.
+pub mod prelude {
+    pub use std::sync::Arc;
+
+    pub use http::StatusCode;
+    pub use serde::{Deserialize, Serialize};
+    pub use utoipa::ToSchema;
+
+    pub use crate::http::{Context, HandlerError, HandlerResult, Http};
+    pub use crate::plugin::{BootError, Plugin};
+    pub use crate::tools::{Bus, Db, DbError, DbErrorKind, Logger};
+}

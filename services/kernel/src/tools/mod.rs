@@ -1,0 +1,167 @@
+//! Tools are what plugins are given instead of looking things up: the
+//! database, the bus, HTTP registration, the logger. A plugin names the
+//! tools it needs as a tuple type; the kernel injects them, or marks the
+//! plugin dead with the name of the tool that is missing.
+
+mod bus;
+mod db;
+mod logger;
+
+use std::any::{Any, TypeId, type_name};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use bus::{Bus, BusError};
+pub use db::{Db, DbError, DbErrorKind};
+pub use logger::Logger;
+
+use crate::plugin::PluginId;
+
+/// Something the kernel can inject into plugins.
+pub trait Tool: Clone + Send + Sync + 'static {
+    /// The name used in errors and system views (`db`, `bus` …).
+    const NAME: &'static str;
+
+    /// The copy handed to one plugin: tools that attribute what they do
+    /// (the logger, the bus) bind the plugin's identity here.
+    fn for_plugin(&self, _plugin: &PluginId) -> Self {
+        self.clone()
+    }
+}
+
+/// The tools of one service, one per type and per name.
+#[derive(Default, Clone)]
+pub struct Toolbox {
+    tools: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    names: HashMap<&'static str, &'static str>,
+}
+
+/// Two tools claim the same name: a boot error, never "last one wins".
+#[derive(Debug, thiserror::Error)]
+#[error("tool name `{name}` is claimed by both {first} and {second}")]
+pub struct ToolCollision {
+    pub name: &'static str,
+    pub first: &'static str,
+    pub second: &'static str,
+}
+
+impl Toolbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool; a second tool of the same type or name is refused.
+    pub fn insert<T: Tool>(&mut self, tool: T) -> Result<&mut Self, ToolCollision> {
+        if let Some(first) = self.names.get(T::NAME) {
+            return Err(ToolCollision {
+                name: T::NAME,
+                first,
+                second: type_name::<T>(),
+            });
+        }
+        self.names.insert(T::NAME, type_name::<T>());
+        self.tools.insert(TypeId::of::<T>(), Arc::new(tool));
+        Ok(self)
+    }
+
+    pub fn get<T: Tool>(&self) -> Option<&T> {
+        self.tools.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Names of the tools present, for system views.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.names.keys().copied()
+    }
+}
+
+/// A tool a plugin asked for is not there.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("missing tool `{0}`")]
+pub struct MissingTool(pub &'static str);
+
+/// What a plugin can ask for: one tool, an optional tool (`Option<T>`
+/// falls back to `None`), or a tuple of those.
+pub trait Inject: Sized {
+    fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool>;
+}
+
+impl<T: Tool> Inject for T {
+    fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool> {
+        tools
+            .get::<T>()
+            .map(|tool| tool.for_plugin(plugin))
+            .ok_or(MissingTool(T::NAME))
+    }
+}
+
+impl<T: Tool> Inject for Option<T> {
+    fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool> {
+        Ok(tools.get::<T>().map(|tool| tool.for_plugin(plugin)))
+    }
+}
+
+impl Inject for () {
+    fn inject(_: &Toolbox, _: &PluginId) -> Result<Self, MissingTool> {
+        Ok(())
+    }
+}
+
+macro_rules! inject_tuple {
+    ($($name:ident),+) => {
+        impl<$($name: Inject),+> Inject for ($($name,)+) {
+            fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool> {
+                Ok(($($name::inject(tools, plugin)?,)+))
+            }
+        }
+    };
+}
+
+inject_tuple!(A);
+inject_tuple!(A, B);
+inject_tuple!(A, B, C);
+inject_tuple!(A, B, C, D);
+inject_tuple!(A, B, C, D, E);
+inject_tuple!(A, B, C, D, E, F);
+inject_tuple!(A, B, C, D, E, F, G);
+inject_tuple!(A, B, C, D, E, F, G, H);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Clock;
+    impl Tool for Clock {
+        const NAME: &'static str = "clock";
+    }
+
+    #[derive(Clone)]
+    struct OtherClock;
+    impl Tool for OtherClock {
+        const NAME: &'static str = "clock";
+    }
+
+    #[derive(Clone)]
+    struct Mailer;
+    impl Tool for Mailer {
+        const NAME: &'static str = "mailer";
+    }
+
+    #[test]
+    fn injection_names_the_missing_tool_and_optional_tools_fall_back() {
+        let mut tools = Toolbox::new();
+        tools.insert(Clock).unwrap();
+        let plugin = PluginId::new("svc", "p");
+        assert!(<(Clock, Option<Mailer>)>::inject(&tools, &plugin).is_ok());
+        let err = <(Clock, Mailer)>::inject(&tools, &plugin).err().unwrap();
+        assert_eq!(err.to_string(), "missing tool `mailer`");
+    }
+
+    #[test]
+    fn tool_name_collisions_are_refused() {
+        let mut tools = Toolbox::new();
+        tools.insert(Clock).unwrap();
+        let err = tools.insert(OtherClock).err().unwrap();
+        assert_eq!(err.name, "clock");
+    }
+}

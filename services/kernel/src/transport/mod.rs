@@ -1,0 +1,149 @@
+//! The bus seen from the kernel and the gateway: a [`Transport`] moves
+//! requests, replies, events and discovery between processes.
+//!
+//! Plugins and the gateway only ever hold an `Arc<dyn Transport>`, so the
+//! NATS transport of the distributed system and an in-process one for the
+//! embedded mode are interchangeable without touching either.
+
+mod nats;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use http::HeaderMap;
+use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo};
+
+pub use nats::NatsTransport;
+
+/// A message as it crosses the transport: metadata in headers, body as
+/// raw bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(headers: HeaderMap, body: impl Into<Bytes>) -> Self {
+        Self {
+            headers,
+            body: body.into(),
+        }
+    }
+}
+
+/// The instance a service registers: its identity and endpoints.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// An incoming request and the way back to its caller.
+pub struct Incoming {
+    pub message: Message,
+    responder: Box<dyn Respond>,
+}
+
+impl Incoming {
+    pub fn new(message: Message, responder: impl Respond) -> Self {
+        Self {
+            message,
+            responder: Box::new(responder),
+        }
+    }
+
+    /// Sends the reply. A caller that stopped waiting is not an error.
+    pub async fn respond(self, reply: Message) -> Result<(), TransportError> {
+        self.responder.respond(reply).await
+    }
+}
+
+/// The transport-specific half of [`Incoming`].
+#[async_trait]
+pub trait Respond: Send + 'static {
+    async fn respond(self: Box<Self>, reply: Message) -> Result<(), TransportError>;
+}
+
+/// A registered instance: one request stream per endpoint, in the order of
+/// [`ServiceSpec::endpoints`].
+pub struct Registration {
+    pub info: ServiceInfo,
+    pub endpoints: Vec<BoxStream<'static, Incoming>>,
+    pub handle: Box<dyn Deregister>,
+}
+
+/// Takes a registered instance off the bus: it stops receiving requests
+/// and announces that it is gone.
+#[async_trait]
+pub trait Deregister: Send + Sync {
+    async fn deregister(self: Box<Self>) -> Result<(), TransportError>;
+}
+
+/// Instances coming and going, as announced by themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announcement {
+    Up(ServiceInfo),
+    Down(InstanceDown),
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Registers an instance and its endpoints (queue groups: replicas
+    /// share the load) and announces it.
+    async fn register(&self, spec: ServiceSpec) -> Result<Registration, TransportError>;
+
+    /// Sends a request to one responder of `subject` and waits for its reply.
+    async fn request(
+        &self,
+        subject: &str,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Message, RequestError>;
+
+    /// Publishes a message to every subscriber of `subject`.
+    async fn publish(&self, subject: &str, message: Message) -> Result<(), TransportError>;
+
+    /// Asks every live instance to describe itself; waits `window` for answers.
+    async fn discover(&self, window: Duration) -> Result<Vec<ServiceInfo>, TransportError>;
+
+    /// Live up/down announcements of instances.
+    async fn announcements(&self) -> Result<BoxStream<'static, Announcement>, TransportError>;
+}
+
+/// The transport failed to do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} failed: {source}")]
+pub struct TransportError {
+    pub operation: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl TransportError {
+    pub fn new(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why a request got no reply. "Nobody listens" and "too slow" are
+/// distinct so callers can answer 503 and 504.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no responder for {0}")]
+    NoResponders(String),
+    #[error("no reply from {0} within {1:?}")]
+    TimedOut(String, Duration),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}

@@ -1,0 +1,276 @@
+//! The distributed transport: NATS request-reply with queue groups for
+//! endpoints, the NATS micro protocol for discovery (standard tooling such
+//! as `nats micro ls` sees every service), and announcement subjects so the
+//! gateway learns about instances at once instead of at its next sweep.
+
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use async_nats::{Client, RequestErrorKind};
+use async_trait::async_trait;
+use futures_util::{StreamExt, stream::BoxStream};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use shared_schemas::Subjects;
+use shared_schemas::discovery::{InstanceDown, ServiceInfo, meta};
+
+use super::{
+    Announcement, Deregister, Incoming, Message, Registration, RequestError, Respond, ServiceSpec,
+    Transport, TransportError,
+};
+
+/// [`Transport`] over one NATS connection.
+#[derive(Clone)]
+pub struct NatsTransport {
+    client: Client,
+    subjects: Subjects,
+}
+
+impl NatsTransport {
+    /// Connects to `url` (comma-separated for a cluster). The connection
+    /// retries in the background when the server goes away.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        subjects: Subjects,
+    ) -> Result<Self, TransportError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| TransportError::new("connecting to NATS", e))?;
+        Ok(Self::new(client, subjects))
+    }
+
+    pub fn new(client: Client, subjects: Subjects) -> Self {
+        Self { client, subjects }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    async fn register(&self, spec: ServiceSpec) -> Result<Registration, TransportError> {
+        let metadata = [(
+            meta::WIRE_VERSION.to_owned(),
+            shared_schemas::WIRE_VERSION.to_owned(),
+        )];
+        let service = self
+            .client
+            .service_builder()
+            .description(&spec.description)
+            .metadata(metadata.into_iter().collect())
+            .start(&spec.name, &spec.version)
+            .await
+            .map_err(|e| TransportError::new("registering the service", e))?;
+
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        let mut infos = Vec::with_capacity(spec.endpoints.len());
+        for endpoint in spec.endpoints {
+            let stream = service
+                .endpoint_builder()
+                .name(&endpoint.name)
+                .metadata(endpoint.metadata.clone())
+                .add(&endpoint.subject)
+                .await
+                .map_err(|e| TransportError::new("registering an endpoint", e))?;
+            endpoints.push(stream.map(incoming).boxed());
+            infos.push(shared_schemas::discovery::EndpointInfo {
+                queue_group: "q".to_owned(),
+                ..endpoint
+            });
+        }
+
+        let base = service.info().await;
+        let info = ServiceInfo {
+            name: base.name,
+            id: base.id,
+            version: base.version,
+            description: base.description,
+            metadata: base.metadata,
+            endpoints: infos,
+        };
+        let up = serde_json::to_vec(&info).map_err(|e| TransportError::new("announcing", e))?;
+        self.client
+            .publish(self.subjects.announce_up(), up.into())
+            .await
+            .map_err(|e| TransportError::new("announcing", e))?;
+
+        let handle = NatsRegistration {
+            service,
+            client: self.client.clone(),
+            down_subject: self.subjects.announce_down(),
+            down: InstanceDown {
+                name: info.name.clone(),
+                id: info.id.clone(),
+            },
+        };
+        Ok(Registration {
+            info,
+            endpoints,
+            handle: Box::new(handle),
+        })
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
+        let request = async_nats::Request::new()
+            .headers(to_nats(&message.headers))
+            .payload(message.body)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.to_owned(), request).await {
+            Ok(reply) => Ok(Message {
+                headers: reply.headers.as_ref().map(from_nats).unwrap_or_default(),
+                body: reply.payload,
+            }),
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => RequestError::NoResponders(subject.to_owned()),
+                RequestErrorKind::TimedOut => RequestError::TimedOut(subject.to_owned(), timeout),
+                _ => TransportError::new("request", e).into(),
+            }),
+        }
+    }
+
+    async fn publish(&self, subject: &str, message: Message) -> Result<(), TransportError> {
+        self.client
+            .publish_with_headers(subject.to_owned(), to_nats(&message.headers), message.body)
+            .await
+            .map_err(|e| TransportError::new("publish", e))
+    }
+
+    async fn discover(&self, window: Duration) -> Result<Vec<ServiceInfo>, TransportError> {
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| TransportError::new("discovery", e))?;
+        self.client
+            .publish_with_reply("$SRV.INFO", inbox, Default::default())
+            .await
+            .map_err(|e| TransportError::new("discovery", e))?;
+        let mut found = Vec::new();
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                reply = replies.next() => match reply {
+                    Some(reply) => match serde_json::from_slice::<ServiceInfo>(&reply.payload) {
+                        Ok(info) => found.push(info),
+                        Err(e) => tracing::debug!(error = %e, "ignoring a $SRV.INFO answer that is not a service description"),
+                    },
+                    None => break,
+                },
+            }
+        }
+        Ok(found)
+    }
+
+    async fn announcements(&self) -> Result<BoxStream<'static, Announcement>, TransportError> {
+        let wildcard = format!("{}.discovery.*", self.subjects.prefix());
+        let up = self.subjects.announce_up();
+        let subscriber = self
+            .client
+            .subscribe(wildcard)
+            .await
+            .map_err(|e| TransportError::new("subscribing to announcements", e))?;
+        Ok(subscriber
+            .filter_map(move |message| {
+                let parsed = if message.subject.as_str() == up {
+                    serde_json::from_slice(&message.payload).map(Announcement::Up)
+                } else {
+                    serde_json::from_slice(&message.payload).map(Announcement::Down)
+                };
+                if let Err(e) = &parsed {
+                    tracing::warn!(subject = %message.subject, error = %e, "malformed announcement");
+                }
+                std::future::ready(parsed.ok())
+            })
+            .boxed())
+    }
+}
+
+struct NatsRegistration {
+    service: async_nats::service::Service,
+    client: Client,
+    down_subject: String,
+    down: InstanceDown,
+}
+
+#[async_trait]
+impl Deregister for NatsRegistration {
+    async fn deregister(self: Box<Self>) -> Result<(), TransportError> {
+        let down =
+            serde_json::to_vec(&self.down).map_err(|e| TransportError::new("deregistering", e))?;
+        self.service
+            .stop()
+            .await
+            .map_err(|e| TransportError::new("deregistering", e))?;
+        self.client
+            .publish(self.down_subject, down.into())
+            .await
+            .map_err(|e| TransportError::new("deregistering", e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| TransportError::new("deregistering", e))
+    }
+}
+
+struct NatsResponder(async_nats::service::Request);
+
+#[async_trait]
+impl Respond for NatsResponder {
+    async fn respond(self: Box<Self>, reply: Message) -> Result<(), TransportError> {
+        self.0
+            .respond_with_headers(Ok(reply.body), to_nats(&reply.headers))
+            .await
+            .map_err(|e| TransportError::new("reply", e))
+    }
+}
+
+fn incoming(request: async_nats::service::Request) -> Incoming {
+    let message = Message {
+        headers: request
+            .message
+            .headers
+            .as_ref()
+            .map(from_nats)
+            .unwrap_or_default(),
+        body: request.message.payload.clone(),
+    };
+    Incoming::new(message, NatsResponder(request))
+}
+
+fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        if let Ok(value) = value.to_str() {
+            out.append(name.as_str(), value);
+        }
+    }
+    out
+}
+
+fn from_nats(headers: &async_nats::HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, values) in headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(AsRef::<[u8]>::as_ref(name)) else {
+            continue;
+        };
+        for value in values {
+            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
+                out.append(name.clone(), value);
+            }
+        }
+    }
+    out
+}

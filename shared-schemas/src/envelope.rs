@@ -1,0 +1,58 @@
+//! The standard response envelope every JSON answer uses, the gateway's own
+//! errors included.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `{"success": bool, "data": …, "error": …}`, plus `details` on 422.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiResponse<T> {
+    pub success: bool,
+    pub data: Option<T>,
+    pub error: Option<String>,
+    /// The offending fields when the input was invalid (422).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// One invalid input field: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// Path of the field in the request data (`price`, `items[0].qty`).
+    pub field: String,
+    pub message: String,
+}
+
+impl<T> ApiResponse<T> {
+    pub fn ok(data: T) -> Self {
+        Self {
+            success: true,
+            data: Some(data),
+            error: None,
+            details: Vec::new(),
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            data: None,
+            error: Some(message.into()),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>, details: Vec<FieldError>) -> Self {
+        Self {
+            details,
+            ..Self::error(message)
+        }
+    }
+}
+
+impl ApiResponse<()> {
+    /// Serializes an error envelope; infallible for this shape.
+    pub fn error_json(message: impl Into<String>) -> Vec<u8> {
+        serde_json::to_vec(&Self::error(message)).unwrap_or_default()
+    }
+}

@@ -1,0 +1,60 @@
+//! HTTP over NATS: request metadata travels in NATS headers, the body as
+//! raw bytes (no JSON-in-JSON, no base64), and the reply the same way.
+//!
+//! Header names in the `Mc-` namespace are reserved: the gateway drops any
+//! a client sends, so no client input can pose as gateway metadata. Other
+//! client headers are forwarded under their own names, except hop-by-hop
+//! ones.
+
+/// The reserved header namespace (compared case-insensitively).
+pub const RESERVED_PREFIX: &str = "mc-";
+
+/// Request: the HTTP method.
+pub const METHOD: &str = "Mc-Method";
+/// Request: the concrete path (`/products/42`).
+pub const PATH: &str = "Mc-Path";
+/// Request: the route template that matched (`/products/{id}`).
+pub const ROUTE: &str = "Mc-Route";
+/// Request: path parameters, `application/x-www-form-urlencoded`.
+pub const PATH_PARAMS: &str = "Mc-Path-Params";
+/// Request: the raw query string, without `?`.
+pub const QUERY: &str = "Mc-Query";
+/// Request and reply: the request id, the root of the causal chain.
+pub const REQUEST_ID: &str = "X-Request-ID";
+/// Reply: the HTTP status code.
+pub const STATUS: &str = "Mc-Status";
+
+/// True for a header name clients may not send through the gateway.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+}
+
+/// Headers that describe one hop, not the request: never forwarded.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_case_insensitive() {
+        assert!(is_reserved("Mc-Status"));
+        assert!(is_reserved("mc-auth"));
+        assert!(is_reserved("MC-ROUTE"));
+        assert!(!is_reserved("mcx"));
+        assert!(!is_reserved("m"));
+        assert!(!is_reserved("content-type"));
+    }
+}

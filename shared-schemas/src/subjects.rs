@@ -1,0 +1,83 @@
+//! NATS subject names. Every subject starts with one configurable prefix
+//! (default `mc`), so several systems can share one NATS.
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "mc";
+
+/// Builds the subjects of one system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The subject an HTTP endpoint of `service` listens on (queue group:
+    /// replicas share the load).
+    pub fn http(&self, service: &str, endpoint: &str) -> String {
+        format!("{}.http.{service}.{endpoint}", self.prefix)
+    }
+
+    /// True when `subject` is an HTTP endpoint subject of this system.
+    pub fn is_http(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(".http."))
+    }
+
+    /// The subject events named `event` are published on.
+    pub fn event(&self, event: &str) -> String {
+        format!("{}.events.{event}", self.prefix)
+    }
+
+    /// The dead-letter subject parallel to [`Subjects::event`].
+    pub fn dlq(&self, event: &str) -> String {
+        format!("{}.dlq.{event}", self.prefix)
+    }
+
+    /// Where instances announce that they came up (payload: the
+    /// [`ServiceInfo`](crate::discovery::ServiceInfo) `$SRV.INFO` answers).
+    pub fn announce_up(&self) -> String {
+        format!("{}.discovery.up", self.prefix)
+    }
+
+    /// Where instances announce that they are going away (payload:
+    /// [`InstanceDown`](crate::discovery::InstanceDown)).
+    pub fn announce_down(&self) -> String {
+        format!("{}.discovery.down", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_share_the_prefix() {
+        let s = Subjects::new("shop");
+        assert_eq!(
+            s.http("products", "get_product"),
+            "shop.http.products.get_product"
+        );
+        assert_eq!(s.event("product.created"), "shop.events.product.created");
+        assert_eq!(s.dlq("product.created"), "shop.dlq.product.created");
+        assert!(s.is_http("shop.http.products.get_product"));
+        assert!(!s.is_http("mc.http.products.get_product"));
+        assert!(!s.is_http("shopping.http.x.y"));
+    }
+}
