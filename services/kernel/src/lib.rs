@@ -31,7 +31,7 @@ pub mod prelude {
     pub use serde::{Deserialize, Serialize};
     pub use utoipa::ToSchema;
 
-    pub use crate::http::{Context, HandlerError, HandlerResult, Http};
+    pub use crate::http::{Context, Cookie, HandlerError, HandlerResult, Http};
     pub use crate::plugin::{BootError, Plugin};
     pub use crate::tools::{Bus, Db, DbError, DbErrorKind, Logger};
 }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use cookie::{Cookie, SameSite};
 use http::header::{InvalidHeaderName, InvalidHeaderValue};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
@@ -72,6 +73,26 @@ impl Context {
         Ok(())
     }
 
+    /// Adds a `Set-Cookie`. Attributes left unset get secure defaults:
+    /// `Path=/`, `Secure`, `HttpOnly`, `SameSite=Lax`.
+    pub fn set_cookie(&self, mut cookie: Cookie<'_>) -> Result<(), InvalidHeader> {
+        if cookie.path().is_none() {
+            cookie.set_path("/");
+        }
+        if cookie.secure().is_none() {
+            cookie.set_secure(true);
+        }
+        if cookie.http_only().is_none() {
+            cookie.set_http_only(true);
+        }
+        if cookie.same_site().is_none() {
+            cookie.set_same_site(SameSite::Lax);
+        }
+        let value = HeaderValue::from_str(&cookie.to_string())?;
+        self.reply().headers.append(http::header::SET_COOKIE, value);
+        Ok(())
+    }
+
     /// Answers with a redirect to `location` (303 See Other unless a status
     /// was set).
     pub fn redirect(&self, location: &str) -> Result<(), InvalidHeader> {
@@ -90,5 +111,30 @@ impl Context {
         // Poisoned only if a handler panicked mid-update; the parts are
         // still usable data.
         self.inner.reply.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_get_secure_defaults_unless_set() {
+        let ctx = Context::new("r".into(), HeaderMap::new());
+        ctx.set_cookie(Cookie::new("session", "abc")).unwrap();
+        let mut relaxed = Cookie::new("theme", "dark");
+        relaxed.set_http_only(false);
+        ctx.set_cookie(relaxed).unwrap();
+        let reply = ctx.take_reply();
+        let cookies: Vec<_> = reply
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .collect();
+        assert_eq!(
+            cookies[0],
+            "session=abc; HttpOnly; SameSite=Lax; Secure; Path=/"
+        );
+        assert!(!cookies[1].to_str().unwrap().contains("HttpOnly"));
     }
 }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use shared_schemas::ApiResponse;
 use utoipa::ToSchema;
 
-pub use context::{Context, InvalidHeader};
+pub use context::{Context, Cookie, InvalidHeader, SameSite};
 pub(crate) use handler::serve;
 pub use request_data::{InvalidInput, RequestData};
 
