@@ -1,0 +1,62 @@
+//! Gateway configuration from the environment, with documented defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use microcore::config::{ConfigError, parse};
+use shared_schemas::subjects::DEFAULT_PREFIX;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `NATS_URL`, default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `MC_SUBJECT_PREFIX`, default `mc`.
+    pub subject_prefix: String,
+    /// `MC_HTTP_ADDR`, default `0.0.0.0:8080`.
+    pub http_addr: SocketAddr,
+    /// `MC_BODY_LIMIT`: largest request body in bytes, default 524288. It
+    /// must stay under the NATS server's `max_payload` (1 MiB by default).
+    pub body_limit: usize,
+    /// `MC_DISCOVERY_INTERVAL_MS`: the fallback discovery sweep, default
+    /// 5000. Announcements make changes visible at once; the sweep catches
+    /// instances that died without saying so.
+    pub discovery_interval: Duration,
+    /// `MC_ROUTE_RETENTION_SECS`: how long the routes of a service with no
+    /// live instance answer 503 before they are forgotten (404), default 300.
+    pub route_retention: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: DEFAULT_PREFIX.into(),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            body_limit: 512 * 1024,
+            discovery_interval: Duration::from_secs(5),
+            route_retention: Duration::from_secs(300),
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
+            subject_prefix: lookup("MC_SUBJECT_PREFIX").unwrap_or(defaults.subject_prefix),
+            http_addr: parse(&lookup, "MC_HTTP_ADDR")?.unwrap_or(defaults.http_addr),
+            body_limit: parse(&lookup, "MC_BODY_LIMIT")?.unwrap_or(defaults.body_limit),
+            discovery_interval: parse(&lookup, "MC_DISCOVERY_INTERVAL_MS")?
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.discovery_interval),
+            route_retention: parse(&lookup, "MC_ROUTE_RETENTION_SECS")?
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.route_retention),
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The microcore gateway: the one HTTP entry point of the system.
+//!
+//! It discovers the endpoints live services announce ([`discovery`]),
+//! routes each request to its service over the bus ([`proxy`]), and serves
+//! one OpenAPI document merged from every live service with a docs page
+//! ([`openapi`], [`docs`]). It knows the bus only as a
+//! [`Transport`](microcore::transport::Transport), so it runs the same
+//! beside services in one process or in front of a fleet over NATS.
+
+pub mod config;
+pub mod discovery;
+mod docs;
+mod envelope;
+pub mod openapi;
+pub mod proxy;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::get;
+use http::{HeaderValue, StatusCode};
+use microcore::transport::{Transport, TransportError};
+use serde_json::json;
+use shared_schemas::Subjects;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+pub use config::GatewayConfig;
+
+use crate::discovery::RoutesView;
+use crate::proxy::Proxy;
+
+/// The longest client `X-Request-ID` kept; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 200;
+
+/// A gateway with discovery running.
+pub struct Gateway {
+    proxy: Arc<Proxy>,
+    discovery: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts discovery over `transport`; the route table is filled before
+    /// this returns.
+    pub async fn start(
+        config: &GatewayConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, TransportError> {
+        let (routes, discovery) = discovery::start(
+            transport.clone(),
+            Subjects::new(&config.subject_prefix),
+            config.discovery_interval,
+            config.route_retention,
+        )
+        .await?;
+        let proxy = Arc::new(Proxy {
+            transport,
+            routes,
+            body_limit: config.body_limit,
+        });
+        Ok(Self { proxy, discovery })
+    }
+
+    /// The HTTP application.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/openapi.json", get(proxy::openapi))
+            .route("/health", get(health))
+            .route("/system/routes", get(system_routes))
+            .merge(docs::router())
+            .fallback(proxy::forward)
+            .with_state(self.proxy.clone())
+            .layer(
+                ServiceBuilder::new()
+                    .layer(CatchPanicLayer::custom(|_| {
+                        tracing::error!("gateway handler panicked");
+                        envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+                    }))
+                    .layer(axum::middleware::map_request(drop_unusable_request_id))
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                    .layer(PropagateRequestIdLayer::x_request_id()),
+            )
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then finishes
+    /// the requests in flight.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.discovery.abort();
+        result
+    }
+}
+
+/// A client request id is honoured only if it is short and printable;
+/// otherwise the request-id layer makes a fresh one.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |v: &HeaderValue| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    };
+    if request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !usable(v))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
+async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
+    let services = proxy.routes.load().live_services;
+    envelope::ok(json!({"status": "ok", "services": services}))
+}
+
+async fn system_routes(State(proxy): State<Arc<Proxy>>) -> Response {
+    let snapshot = proxy.routes.load();
+    envelope::ok(RoutesView {
+        routes: &snapshot.table.routes,
+        conflicts: &snapshot.conflicts,
+    })
+}

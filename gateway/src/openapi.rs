@@ -1,0 +1,102 @@
+//! One OpenAPI 3.1 document merged from the operations every live service
+//! announces. Services ship their operations already complete (schemas
+//! derived from the plugin types); the gateway only places them and merges
+//! the component schemas, reporting a name defined differently by two
+//! services instead of picking one silently.
+
+use serde_json::{Map, Value, json};
+
+use crate::routes::{Claim, Conflict};
+
+/// The document for `claims` (the routes of live services), and the schema
+/// name clashes found while merging.
+pub fn merge<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Value, Vec<Conflict>) {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    let mut conflicts = Vec::new();
+    let mut owners: Map<String, Value> = Map::new();
+    for claim in claims {
+        let method = claim.endpoint.method.to_ascii_lowercase();
+        let item = paths
+            .entry(claim.endpoint.path.clone())
+            .or_insert_with(|| json!({}));
+        if item.get(&method).is_none() {
+            item[&method] = claim.endpoint.operation.clone();
+        }
+        for (name, schema) in &claim.endpoint.schemas {
+            match schemas.get(name) {
+                None => {
+                    schemas.insert(name.clone(), schema.clone());
+                    owners.insert(name.clone(), claim.service.clone().into());
+                }
+                Some(existing) if existing != schema => conflicts.push(Conflict {
+                    method: claim.endpoint.method.clone(),
+                    path: claim.endpoint.path.clone(),
+                    service: claim.service.clone(),
+                    kept_by: owners[name].as_str().map(str::to_owned),
+                    reason: format!("schema `{name}` differs from the one already documented"),
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    let document = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "microcore",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every endpoint of every live service, routed by the gateway.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    });
+    (document, conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_schemas::discovery::HttpEndpoint;
+
+    use super::*;
+
+    fn claim(service: &str, method: &str, path: &str, schema: Value) -> Claim {
+        let mut schemas = Map::new();
+        schemas.insert("Product".into(), schema);
+        Claim {
+            service: service.into(),
+            subject: String::new(),
+            endpoint: HttpEndpoint {
+                method: method.into(),
+                path: path.into(),
+                timeout_ms: 1000,
+                operation: json!({"operationId": format!("{service}_{method}")}),
+                schemas,
+            },
+        }
+    }
+
+    #[test]
+    fn operations_are_placed_and_schema_clashes_reported() {
+        let claims = [
+            claim("products", "GET", "/products", json!({"type": "object"})),
+            claim("products", "POST", "/products", json!({"type": "object"})),
+            claim("legacy", "GET", "/old", json!({"type": "string"})),
+        ];
+        let (document, conflicts) = merge(&claims);
+        assert_eq!(document["openapi"], "3.1.0");
+        assert_eq!(
+            document["paths"]["/products"]["get"]["operationId"],
+            "products_GET"
+        );
+        assert_eq!(
+            document["paths"]["/products"]["post"]["operationId"],
+            "products_POST"
+        );
+        assert_eq!(
+            document["components"]["schemas"]["Product"]["type"],
+            "object"
+        );
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].service, "legacy");
+    }
+}

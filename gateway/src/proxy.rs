@@ -1,0 +1,165 @@
+//! Forwarding an HTTP request to its service over the bus. Metadata goes
+//! in headers and the body as raw bytes; the gateway never parses JSON on
+//! this path. Reserved `Mc-` headers from the client are dropped, so no
+//! client input can pose as gateway metadata.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use microcore::transport::{Message, RequestError, Transport};
+use shared_schemas::http as wire;
+
+use crate::discovery::Shared;
+use crate::envelope;
+use crate::routes::Lookup;
+
+/// What the proxy needs, shared by every request.
+pub struct Proxy {
+    pub transport: Arc<dyn Transport>,
+    pub routes: Shared,
+    pub body_limit: usize,
+}
+
+/// The fallback handler: every path the gateway does not serve itself.
+pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let snapshot = proxy.routes.load();
+    let path = parts.uri.path();
+    let (target, params) = match snapshot.table.lookup(&parts.method, path) {
+        Lookup::Found { target, params } => (target, params),
+        Lookup::MethodNotAllowed(allow) => {
+            let message = format!("{} is not allowed on {path}", parts.method);
+            let mut response = envelope::error(StatusCode::METHOD_NOT_ALLOWED, message);
+            if let Ok(allow) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            return response;
+        }
+        Lookup::NotFound => {
+            return envelope::error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {} {path}", parts.method),
+            );
+        }
+    };
+
+    let too_large = || {
+        envelope::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body exceeds {} bytes", proxy.body_limit),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > proxy.body_limit) {
+        return too_large();
+    }
+    let body = match Limited::new(body, proxy.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return too_large(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the request body");
+            return envelope::error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+
+    let mut headers = forwardable(&parts.headers);
+    headers.insert(
+        HeaderName::from_static("mc-method"),
+        value(parts.method.as_str()),
+    );
+    headers.insert(HeaderName::from_static("mc-path"), value(path));
+    headers.insert(HeaderName::from_static("mc-route"), value(&target.route));
+    if !params.is_empty() {
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        headers.insert(HeaderName::from_static("mc-path-params"), value(&encoded));
+    }
+    if let Some(query) = parts.uri.query() {
+        headers.insert(HeaderName::from_static("mc-query"), value(query));
+    }
+
+    match proxy
+        .transport
+        .request(&target.subject, Message { headers, body }, target.timeout)
+        .await
+    {
+        Ok(reply) => into_response(reply),
+        Err(RequestError::NoResponders(_)) => envelope::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service `{}` has no live instance", target.service),
+        ),
+        Err(RequestError::TimedOut(_, timeout)) => envelope::error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "service `{}` did not answer within {timeout:?}",
+                target.service
+            ),
+        ),
+        Err(RequestError::Transport(e)) => {
+            tracing::warn!(service = %target.service, error = %e, "bus request failed");
+            envelope::error(
+                StatusCode::BAD_GATEWAY,
+                "the bus could not deliver the request",
+            )
+        }
+    }
+}
+
+/// The client's headers minus hop-by-hop and reserved ones (the request id
+/// set by the request-id layer is kept).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 5);
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if !wire::is_reserved(name_str) && !wire::HOP_BY_HOP.contains(&name_str) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn into_response(reply: Message) -> Response {
+    let status = reply
+        .headers
+        .get(wire::STATUS)
+        .and_then(|s| s.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    // Repeated headers (several `set-cookie`) come as one name, then values.
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in reply.headers {
+        if name.is_some() {
+            current = name;
+        }
+        let Some(name) = &current else { continue };
+        if !wire::is_reserved(name.as_str()) && !wire::HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name.clone(), value);
+        }
+    }
+    response
+}
+
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    let document: Bytes = proxy.routes.load().openapi.clone();
+    ([(header::CONTENT_TYPE, "application/json")], document)
+}
