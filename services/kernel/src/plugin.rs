@@ -98,11 +98,14 @@ pub enum PluginState {
     Dead { reason: String },
 }
 
+/// Builds a plugin from the toolbox, or names the tool it lacks.
+type Constructor = fn(&Toolbox, &PluginId) -> Result<Arc<dyn DynPlugin>, MissingTool>;
+
 /// A plugin as the domain lists it: its name and how to build it. The
 /// domain's build script generates one per file in `src/plugins/`.
 pub struct PluginEntry {
     name: &'static str,
-    construct: fn(&Toolbox, &PluginId) -> Result<Arc<dyn DynPlugin>, MissingTool>,
+    construct: Constructor,
 }
 
 impl PluginEntry {
