@@ -1,0 +1,482 @@
+//! What the gateway hop costs.
+//!
+//! ```text
+//! cargo run --release -p microcore-e2e --bin bench -- --duration-secs 10 --concurrency 64
+//! ```
+//!
+//! Starts a private NATS and database through the harness and the release
+//! binaries of the gateway and the products service, seeds the catalogue,
+//! then drives keep-alive HTTP load over loopback against:
+//!
+//! - (a) the gateway, `GET /products/{id}`;
+//! - (b) the gateway, `POST /products`;
+//! - (c) an axum + sqlx handler inside this process running the same SQL on
+//!   the same database — the same work without the gateway and NATS hops;
+//! - (d) a bare hop: an axum handler inside this process making one NATS
+//!   request to a responder task that answers a static body;
+//! - (e) the gateway in front of `GET /bench/ping` of the `bench-echo`
+//!   service, which does no database work (skipped when the workspace has
+//!   no `bench-echo` binary).
+//!
+//! (a)/(c) and (b)/(c) show what a request pays for going through the
+//! gateway; (e)/(d) shows the framework's own overhead over a bare NATS
+//! request-reply. Every process shares the same cores as the load
+//! generator, so absolute numbers say little about a production
+//! deployment; the ratios are the point.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use microcore_e2e::{ServiceProcess, System, binaries, wait};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinSet;
+
+/// No scenario sends more than this, however fast it runs.
+const MAX_REQUESTS: u64 = 20_000_000;
+
+/// Database connections of the direct handler: the services' default
+/// (`MC_DB_MAX_CONNECTIONS`), so both sides get the same pool.
+const POOL_SIZE: u32 = 10;
+
+/// The static answer of the bare hop's responder.
+const PONG: &[u8] = br#"{"success":true,"data":{"pong":true},"error":null}"#;
+
+const USAGE: &str = "\
+usage: bench [--duration-secs N] [--concurrency N] [--seed N]
+  --duration-secs  measured seconds per scenario (default 10)
+  --concurrency    requests in flight, one keep-alive connection each (default 64)
+  --seed           products in the catalogue before the run (default 1000)";
+
+struct Options {
+    duration: Duration,
+    concurrency: usize,
+    seed: usize,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options {
+        duration: Duration::from_secs(10),
+        concurrency: 64,
+        seed: 1000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number: u64 = value
+            .parse()
+            .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
+        match flag.as_str() {
+            "--duration-secs" => options.duration = Duration::from_secs(number),
+            "--concurrency" => options.concurrency = usize::try_from(number)?,
+            "--seed" => options.seed = usize::try_from(number)?,
+            _ => bail!("unknown option {flag}\n{USAGE}"),
+        }
+    }
+    if options.duration.is_zero() || options.concurrency == 0 || options.seed == 0 {
+        bail!("duration, concurrency and seed must be positive\n{USAGE}");
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    binaries::use_release_profile();
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: the benchmark itself is a debug build; run it with `cargo run --release` \
+             or the in-process baselines are not comparable"
+        );
+    }
+    run(options).await
+}
+
+/// One scenario's results.
+struct Measurement {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    /// Microseconds, sorted.
+    latencies: Vec<u32>,
+}
+
+impl Measurement {
+    fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies[rank]) / 1000.0
+    }
+}
+
+/// Builds request number `n` of a scenario.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// `concurrency` workers send requests back to back until `duration` has
+/// passed; each keeps its own keep-alive connection busy.
+async fn drive(
+    client: &reqwest::Client,
+    make: &MakeRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> Measurement {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let make = make.clone();
+        let sent = sent.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_REQUESTS || Instant::now() >= deadline {
+                    break;
+                }
+                let begun = Instant::now();
+                let ok = match make(&client, n).send().await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        response.bytes().await.is_ok() && success
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    let micros = begun.elapsed().as_micros();
+                    latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(worker) = workers.join_next().await {
+        let (mut worker_latencies, worker_errors) = worker.expect("a load worker panicked");
+        latencies.append(&mut worker_latencies);
+        errors += worker_errors;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Measurement {
+        ok: latencies.len() as u64,
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+/// Warms the path up (connections, caches, JIT-free but not page-cache
+/// free), then measures it.
+async fn measure(client: &reqwest::Client, options: &Options, make: MakeRequest) -> Measurement {
+    let warm_up = (options.duration / 5).clamp(Duration::from_millis(500), Duration::from_secs(2));
+    drive(client, &make, options.concurrency, warm_up).await;
+    drive(client, &make, options.concurrency, options.duration).await
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Product {
+    id: i64,
+    name: String,
+    price: f64,
+}
+
+#[derive(Deserialize)]
+struct NewProduct {
+    name: String,
+    price: f64,
+}
+
+fn envelope(status: StatusCode, data: Value) -> Response {
+    (
+        status,
+        Json(json!({"success": true, "data": data, "error": null})),
+    )
+        .into_response()
+}
+
+fn failure(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        Json(json!({"success": false, "data": null, "error": error})),
+    )
+        .into_response()
+}
+
+/// (c): what the products service does, without gateway or NATS.
+async fn direct_get(State(pool): State<PgPool>, Path(id): Path<i64>) -> Response {
+    let found =
+        sqlx::query_as::<_, Product>("SELECT id, name, price FROM products.products WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&pool)
+            .await;
+    match found {
+        Ok(Some(product)) => envelope(StatusCode::OK, json!(product)),
+        Ok(None) => failure(StatusCode::NOT_FOUND, "not found"),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+async fn direct_create(State(pool): State<PgPool>, Json(new): Json<NewProduct>) -> Response {
+    let created = sqlx::query_as::<_, Product>(
+        "INSERT INTO products.products (name, price) VALUES ($1, $2) RETURNING id, name, price",
+    )
+    .bind(new.name)
+    .bind(new.price)
+    .fetch_one(&pool)
+    .await;
+    match created {
+        Ok(product) => envelope(StatusCode::CREATED, json!(product)),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+/// (d): one NATS request-reply behind an HTTP handler.
+async fn hop(State(client): State<async_nats::Client>) -> Response {
+    match client.request("bench.hop", Bytes::new()).await {
+        Ok(reply) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            reply.payload,
+        )
+            .into_response(),
+        Err(_) => failure(StatusCode::BAD_GATEWAY, "no reply"),
+    }
+}
+
+/// Serves `router` on a free loopback port of this process.
+async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            eprintln!("in-process server stopped: {e}");
+        }
+    });
+    Ok(address)
+}
+
+/// Answers every request on `bench.hop` with [`PONG`].
+async fn start_responder(client: async_nats::Client) -> anyhow::Result<()> {
+    let mut requests = client.subscribe("bench.hop").await?;
+    client.flush().await?;
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = client.publish(reply, Bytes::from_static(PONG)).await;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Starts `bench-echo` when the workspace has it, and waits until the
+/// gateway routes to it.
+async fn start_echo(system: &System) -> Option<ServiceProcess> {
+    let bin = binaries::try_binary("bench-echo")?;
+    let process = ServiceProcess::spawn(
+        &bin,
+        [
+            ("NATS_URL", system.nats().url()),
+            ("DATABASE_URL", system.db().url()),
+            ("MC_SUBJECT_PREFIX", system.prefix()),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    system
+        .wait_for_status("/bench/ping", reqwest::StatusCode::OK, wait::BOOT)
+        .await;
+    Some(process)
+}
+
+async fn seed(pool: &PgPool, count: usize) -> anyhow::Result<Vec<i64>> {
+    let ids = sqlx::query_scalar(
+        "INSERT INTO products.products (name, price) \
+         SELECT 'seeded ' || n, n * 1.5 FROM generate_series(1, $1) AS n RETURNING id",
+    )
+    .bind(i32::try_from(count)?)
+    .fetch_all(pool)
+    .await?;
+    Ok(ids)
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    eprintln!("building release binaries and starting NATS, Postgres database, gateway, products…");
+    let mut system = System::builder()
+        .gateway_env("RUST_LOG", "warn")
+        .service_env("RUST_LOG", "warn")
+        .start()
+        .await;
+    system.start_gateway().await;
+    let _products = system.start_products().await;
+    system.wait_until_routable().await;
+    let echo = start_echo(&system).await;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect(system.db().url())
+        .await
+        .context("connecting the direct handler to the database")?;
+    let ids = Arc::new(seed(&pool, options.seed).await?);
+
+    let direct = serve(
+        Router::new()
+            .route("/products/{id}", get(direct_get))
+            .route("/products", axum::routing::post(direct_create))
+            .with_state(pool),
+    )
+    .await?;
+    start_responder(system.nats().connect().await).await?;
+    let hop_address = serve(
+        Router::new()
+            .route("/hop", get(hop))
+            .with_state(system.nats().connect().await),
+    )
+    .await?;
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let gateway = system.http().base().to_owned();
+    let get_by_id = |base: String| -> MakeRequest {
+        let ids = ids.clone();
+        Arc::new(move |client: &reqwest::Client, n: u64| {
+            let id = ids[(n % ids.len() as u64) as usize];
+            client.get(format!("{base}/products/{id}"))
+        })
+    };
+    let create = |base: String| -> MakeRequest {
+        Arc::new(move |client: &reqwest::Client, n: u64| {
+            client
+                .post(format!("{base}/products"))
+                .json(&json!({"name": format!("bench {n}"), "price": 9.99}))
+        })
+    };
+    let fixed = |url: String| -> MakeRequest {
+        Arc::new(move |client: &reqwest::Client, _| client.get(url.clone()))
+    };
+
+    let mut rows: Vec<(&str, Option<Measurement>)> = Vec::new();
+    let scenarios: Vec<(&str, Option<MakeRequest>)> = vec![
+        (
+            "(a) gateway GET /products/{id}",
+            Some(get_by_id(gateway.clone())),
+        ),
+        ("(b) gateway POST /products", Some(create(gateway.clone()))),
+        (
+            "(c) direct GET /products/{id}",
+            Some(get_by_id(format!("http://{direct}"))),
+        ),
+        (
+            "(c) direct POST /products",
+            Some(create(format!("http://{direct}"))),
+        ),
+        (
+            "(d) bare NATS hop GET /hop",
+            Some(fixed(format!("http://{hop_address}/hop"))),
+        ),
+        (
+            "(e) gateway GET /bench/ping",
+            echo.as_ref()
+                .map(|_| fixed(format!("{gateway}/bench/ping"))),
+        ),
+    ];
+    for (name, make) in scenarios {
+        let measurement = match make {
+            Some(make) => {
+                eprintln!("measuring {name}…");
+                Some(measure(&client, &options, make).await)
+            }
+            None => None,
+        };
+        rows.push((name, measurement));
+    }
+
+    print_report(&options, &rows);
+    drop(echo);
+    Ok(())
+}
+
+fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "microcore benchmark: {cores} cores shared by every process and the load generator, \
+         concurrency {}, {} s per scenario after a warm-up, keep-alive HTTP/1.1 over loopback, \
+         release binaries, {} seeded products",
+        options.concurrency,
+        options.duration.as_secs(),
+        options.seed
+    );
+    println!();
+    println!(
+        "{:<34} {:>10} {:>8} {:>11} {:>9} {:>9}",
+        "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms"
+    );
+    for (name, measurement) in rows {
+        match measurement {
+            Some(m) => println!(
+                "{name:<34} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
+                m.ok,
+                m.errors,
+                m.per_second(),
+                m.quantile_ms(0.50),
+                m.quantile_ms(0.99)
+            ),
+            None => println!("{name:<34} skipped: the workspace has no `bench-echo` binary"),
+        }
+    }
+
+    let find = |prefix: &str| {
+        rows.iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .and_then(|(_, m)| m.as_ref())
+    };
+    println!();
+    println!("{:<34} {:>18} {:>18}", "ratio", "throughput", "p50 latency");
+    for (label, through, baseline) in [
+        ("(a)/(c) GET by id", "(a)", "(c) direct GET"),
+        ("(b)/(c) POST", "(b)", "(c) direct POST"),
+        ("(e)/(d) framework vs bare hop", "(e)", "(d)"),
+    ] {
+        match (find(through), find(baseline)) {
+            (Some(hop), Some(base)) => println!(
+                "{label:<34} {:>17.2}x {:>17.2}x",
+                hop.per_second() / base.per_second(),
+                hop.quantile_ms(0.50) / base.quantile_ms(0.50)
+            ),
+            _ => println!("{label:<34} {:>18} {:>18}", "n/a", "n/a"),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! End-to-end harness for microcore.
+//!
+//! The contracts that matter most — HTTP over NATS, discovery, schema
+//! merging, event publishing, graceful shutdown — live *between* processes,
+//! so this harness tests them between processes: it starts a private
+//! `nats-server`, gives each test its own Postgres database, builds and runs
+//! the real `gateway` and service binaries, and talks to them the way
+//! clients and operators do (HTTP through the gateway, plain NATS for events
+//! and the micro protocol). Nothing is mocked.
+//!
+//! Every test builds its own [`System`], so tests share nothing and run in
+//! parallel. Every wait polls a condition against a deadline
+//! ([`wait::poll`]) and, when it gives up, panics with the tail of the logs
+//! of every process involved.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use microcore_e2e::System;
+//! use reqwest::StatusCode;
+//!
+//! let (system, _products) = System::with_products().await;
+//! let reply = system.http().get("/products").await;
+//! let data = reply.expect_success(StatusCode::OK);
+//! assert!(data.as_array().is_some());
+//! # }
+//! ```
+
+pub mod binaries;
+pub mod db;
+pub mod http;
+pub mod logs;
+pub mod micro;
+pub mod nats;
+pub mod process;
+pub mod system;
+pub mod wait;
+
+pub use binaries::{binary, try_binary};
+pub use db::TestDb;
+pub use http::{HttpClient, Reply};
+pub use nats::NatsServer;
+pub use process::ServiceProcess;
+pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, ServiceInstance, System, SystemBuilder};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The listener is closed before the port is handed out, so another process
+/// may take it first; callers that bind it in a child process retry with a
+/// new port when the child reports the address in use.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("the loopback interface has free ports")
+}
