@@ -177,7 +177,9 @@ pub async fn start(
     for info in transport.discover(SWEEP_WINDOW).await? {
         registry.up(info, &subjects, started);
     }
-    let shared = Shared(Arc::new(RwLock::new(Arc::new(registry.snapshot()))));
+    let snapshot = registry.snapshot();
+    report_new_conflicts(&[], &snapshot.conflicts);
+    let shared = Shared(Arc::new(RwLock::new(Arc::new(snapshot))));
     let task = tokio::spawn({
         let shared = shared.clone();
         async move {
@@ -211,11 +213,26 @@ pub async fn start(
                         registry.expire(retention, Instant::now());
                     }
                 }
-                shared.store(registry.snapshot());
+                let snapshot = registry.snapshot();
+                report_new_conflicts(&shared.load().conflicts, &snapshot.conflicts);
+                shared.store(snapshot);
             }
         }
     });
     Ok((shared, task))
+}
+
+/// Logs each conflict once, when it appears (details: `/system/routes`).
+fn report_new_conflicts(before: &[Conflict], now: &[Conflict]) {
+    for conflict in now.iter().filter(|c| !before.contains(c)) {
+        tracing::warn!(
+            method = %conflict.method,
+            path = %conflict.path,
+            service = %conflict.service,
+            reason = %conflict.reason,
+            "route conflict: the claim is ignored"
+        );
+    }
 }
 
 fn claims(info: &ServiceInfo, subjects: &Subjects) -> Vec<Claim> {

@@ -121,6 +121,10 @@ impl RouteTable {
         };
         let methods = &mut self.paths[index];
         if let Some((_, owner)) = methods.iter().find(|(m, _)| *m == method) {
+            if owner.service == claim.service {
+                // Another instance (or version) of the owner: the same route.
+                return;
+            }
             self.conflicts.push(lost(
                 Some(owner.service.clone()),
                 format!("{method} {path} is already served by `{}`", owner.service),
@@ -238,5 +242,15 @@ mod tests {
         assert_eq!(table.routes[0].service, "products");
         assert_eq!(table.conflicts.len(), 3);
         assert_eq!(table.conflicts[0].kept_by.as_deref(), Some("products"));
+    }
+
+    #[test]
+    fn replicas_of_the_owner_are_not_conflicts() {
+        let table = RouteTable::build([
+            claim("products", "GET", "/products"),
+            claim("products", "GET", "/products"),
+        ]);
+        assert_eq!(table.routes.len(), 1);
+        assert!(table.conflicts.is_empty());
     }
 }

@@ -49,10 +49,3 @@ impl<T> ApiResponse<T> {
         }
     }
 }
-
-impl ApiResponse<()> {
-    /// Serializes an error envelope; infallible for this shape.
-    pub fn error_json(message: impl Into<String>) -> Vec<u8> {
-        serde_json::to_vec(&Self::error(message)).unwrap_or_default()
-    }
-}

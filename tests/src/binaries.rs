@@ -20,19 +20,26 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
 
 use crate::logs;
 
-/// Packages whose binaries every suite needs.
+/// Packages whose binaries every suite needs; built together.
 const SYSTEM_PACKAGES: &[&str] = &["gateway", "products"];
 
-/// Where binaries asked for by name but not part of the system (such as the
-/// benchmark's helpers) are looked up.
-const EXTRA_PACKAGES: &[&str] = &["microcore-e2e"];
+/// The package that builds binary `name`: the system's own, the all-in-one
+/// `microcore` of the root package, or this crate's helpers (such as the
+/// benchmark's `bench-echo`).
+fn packages_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "gateway" | "products" => SYSTEM_PACKAGES,
+        "microcore" => &["microcore-app"],
+        _ => &["microcore-e2e"],
+    }
+}
 
 static RELEASE: AtomicBool = AtomicBool::new(false);
 
@@ -52,28 +59,27 @@ pub fn use_release_profile() {
 /// The path of the workspace binary `name`, built if needed.
 ///
 /// # Panics
-/// When the build fails or no package of the workspace has that binary.
+/// When the build fails or the package has no binary of that name.
 pub fn binary(name: &str) -> PathBuf {
     try_binary(name).unwrap_or_else(|| {
         panic!(
-            "the workspace has no binary `{name}` (looked in packages {SYSTEM_PACKAGES:?} and {EXTRA_PACKAGES:?})"
+            "the workspace has no binary `{name}` (looked in package {:?})",
+            packages_of(name)
         )
     })
 }
 
-/// Like [`binary`], but `None` when no package has a binary of that name.
+/// Like [`binary`], but `None` when the package has no binary of that name.
 ///
 /// Each package set is built once per process; threads asking at the same
 /// time wait for that one build.
 pub fn try_binary(name: &str) -> Option<PathBuf> {
-    static SYSTEM: OnceLock<Binaries> = OnceLock::new();
-    static EXTRA: OnceLock<Binaries> = OnceLock::new();
-    let system = SYSTEM.get_or_init(|| build(SYSTEM_PACKAGES));
-    if let Some(path) = system.get(name) {
-        return Some(path.clone());
-    }
-    EXTRA
-        .get_or_init(|| build(EXTRA_PACKAGES))
+    static BUILT: Mutex<BTreeMap<&'static [&'static str], Binaries>> = Mutex::new(BTreeMap::new());
+    let packages = packages_of(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(packages)
+        .or_insert_with(|| build(packages))
         .get(name)
         .cloned()
 }

@@ -97,7 +97,8 @@ impl SystemBuilder {
     }
 }
 
-/// The running gateway.
+/// The process serving HTTP: the gateway, or the all-in-one binary in its
+/// place.
 #[derive(Debug)]
 pub struct Gateway {
     process: ServiceProcess,
@@ -200,8 +201,21 @@ impl System {
 
     /// Starts the gateway on a free port and waits until `/health` answers.
     pub async fn start_gateway(&mut self) -> &Gateway {
-        assert!(self.gateway.is_none(), "the gateway is already running");
-        let bin = binary("gateway");
+        self.start_front("gateway", Vec::new()).await
+    }
+
+    /// Starts the all-in-one binary (`microcore`: the gateway and every
+    /// domain in one process) in the gateway's place, and waits until
+    /// `/health` answers.
+    pub async fn start_all_in_one(&mut self) -> &Gateway {
+        let database = vec![("DATABASE_URL".to_owned(), self.db.url().to_owned())];
+        self.start_front("microcore", database).await
+    }
+
+    /// Starts the process that serves HTTP, `bin`, on a free port.
+    async fn start_front(&mut self, bin: &str, extra: Vec<(String, String)>) -> &Gateway {
+        assert!(self.gateway.is_none(), "an HTTP front is already running");
+        let bin = binary(bin);
         for _ in 0..3 {
             let address = format!("127.0.0.1:{}", free_port());
             let mut env = vec![
@@ -209,6 +223,7 @@ impl System {
                 ("MC_SUBJECT_PREFIX".to_owned(), self.config.prefix.clone()),
                 ("MC_HTTP_ADDR".to_owned(), address.clone()),
             ];
+            env.extend(extra.iter().cloned());
             env.extend(self.config.gateway_env.iter().cloned());
             let process = self.spawn(&bin, env);
             let mut gateway = Gateway {
@@ -232,18 +247,19 @@ impl System {
                 }
             })
             .await;
+            let name = gateway.process.name().to_owned();
             match healthy {
                 Some(Ok(())) => return self.gateway.insert(gateway),
                 // Someone took the port between the probe and the bind.
                 Some(Err(_)) if gateway.process.log_tail(20).contains("in use") => continue,
-                Some(Err(status)) => self.fail(format!("the gateway exited at start: {status}")),
+                Some(Err(status)) => self.fail(format!("{name} exited at start: {status}")),
                 None => self.fail(format!(
-                    "the gateway did not answer GET /health with 200 within {:?}",
+                    "{name} did not answer GET /health with 200 within {:?}",
                     wait::BOOT
                 )),
             }
         }
-        self.fail("the gateway found no free port in 3 attempts")
+        self.fail("no free port for the HTTP front in 3 attempts")
     }
 
     /// The gateway.

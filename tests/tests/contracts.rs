@@ -148,12 +148,7 @@ async fn clients_cannot_send_reserved_mc_headers_to_services() {
 
     // A plain subscriber sees a copy of what the gateway sends to the
     // service's queue group.
-    let mut wire = system
-        .client()
-        .subscribe(system.subject("http.products.>"))
-        .await
-        .expect("subscribing");
-    system.client().flush().await.expect("flushing");
+    let mut wire = system.subscribe(&system.subject("http.products.>")).await;
 
     let reply = http
         .send(

@@ -201,6 +201,41 @@ async fn replicas_share_the_load_and_one_leaves_without_failing_a_request() {
 }
 
 #[tokio::test]
+async fn replicas_of_a_service_share_its_routes_without_conflicts() {
+    let (system, _first) = System::with_products().await;
+    let _second = system.start_products().await;
+
+    let reply = system.http().get("/system/routes").await;
+    let view = reply.expect_success(StatusCode::OK);
+    let routes: BTreeSet<String> = view["routes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/system/routes lists routes: {reply}"))
+        .iter()
+        .map(|r| {
+            assert_eq!(r["service"], PRODUCTS, "{r}");
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or("?"),
+                r["path"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        BTreeSet::from([
+            "GET /products".to_owned(),
+            "GET /products/{id}".to_owned(),
+            "POST /products".to_owned(),
+        ])
+    );
+    assert_eq!(
+        view["conflicts"],
+        json!([]),
+        "two instances of one service are replicas, not rivals: {reply}"
+    );
+}
+
+#[tokio::test]
 async fn without_instances_routes_fail_fast_and_a_new_instance_is_routed_at_once() {
     let (mut system, mut first) = System::with_products().await;
     let mut second = system.start_products().await;

@@ -150,6 +150,7 @@ impl Service {
             "service is ready"
         );
         Ok(RunningService {
+            transport,
             info: registration.info,
             registration: registration.handle,
             listeners,
@@ -190,6 +191,7 @@ fn endpoint_info(subjects: &Subjects, service: &str, route: &Route) -> EndpointI
 
 /// A service that is serving requests.
 pub struct RunningService {
+    transport: Arc<dyn Transport>,
     info: ServiceInfo,
     registration: Box<dyn Deregister>,
     listeners: JoinSet<()>,
@@ -234,7 +236,10 @@ impl RunningService {
             plugin.shutdown().await;
         }
         self.db.close().await;
+        // Replies sent during the drain must leave before the process does.
+        let flushed = self.transport.flush().await;
         deregistered?;
+        flushed?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -24,7 +24,10 @@ impl Plugin for PingPlugin {
     }
 
     async fn on_boot(self: Arc<Self>) -> Result<(), BootError> {
-        self.http.get("/bench/ping").tag("Bench").handler(&self, Self::ping)?;
+        self.http
+            .get("/bench/ping")
+            .tag("Bench")
+            .handler(&self, Self::ping)?;
         Ok(())
     }
 }
@@ -38,7 +41,8 @@ impl PingPlugin {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     microcore::telemetry::init_logging();
-    let domain = Domain::new("bench", env!("CARGO_PKG_VERSION")).plugins(vec![PluginEntry::of::<PingPlugin>("ping")]);
+    let domain = Domain::new("bench", env!("CARGO_PKG_VERSION"))
+        .plugins(vec![PluginEntry::of::<PingPlugin>("ping")]);
     Service::from_env(domain)?.run().await?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! NATS transport of the distributed system and an in-process one for the
 //! embedded mode are interchangeable without touching either.
 
+mod micro;
 mod nats;
 
 use std::time::Duration;
@@ -113,6 +114,9 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Live up/down announcements of instances.
     async fn announcements(&self) -> Result<BoxStream<'static, Announcement>, TransportError>;
+
+    /// Waits until everything sent so far has left the process.
+    async fn flush(&self) -> Result<(), TransportError>;
 }
 
 /// The transport failed to do what was asked.

@@ -1,18 +1,21 @@
 //! The distributed transport: NATS request-reply with queue groups for
 //! endpoints, the NATS micro protocol for discovery (standard tooling such
-//! as `nats micro ls` sees every service), and announcement subjects so the
-//! gateway learns about instances at once instead of at its next sweep.
+//! as `nats micro ls` sees every service, see [`micro`]), and announcement
+//! subjects so the gateway learns about instances at once instead of at
+//! its next sweep.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use async_nats::service::ServiceExt;
 use async_nats::{Client, RequestErrorKind};
 use async_trait::async_trait;
 use futures_util::{StreamExt, stream::BoxStream};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use shared_schemas::Subjects;
-use shared_schemas::discovery::{InstanceDown, ServiceInfo, meta};
+use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo, meta};
+use tokio::sync::watch;
 
+use super::micro;
 use super::{
     Announcement, Deregister, Incoming, Message, Registration, RequestError, Respond, ServiceSpec,
     Transport, TransportError,
@@ -54,45 +57,51 @@ impl NatsTransport {
 #[async_trait]
 impl Transport for NatsTransport {
     async fn register(&self, spec: ServiceSpec) -> Result<Registration, TransportError> {
-        let metadata = [(
-            meta::WIRE_VERSION.to_owned(),
-            shared_schemas::WIRE_VERSION.to_owned(),
-        )];
-        let service = self
-            .client
-            .service_builder()
-            .description(&spec.description)
-            .metadata(metadata.into_iter().collect())
-            .start(&spec.name, &spec.version)
-            .await
-            .map_err(|e| TransportError::new("registering the service", e))?;
-
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (drain, draining) = watch::channel(false);
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         let mut infos = Vec::with_capacity(spec.endpoints.len());
+        let mut stats = Vec::with_capacity(spec.endpoints.len());
         for endpoint in spec.endpoints {
-            let stream = service
-                .endpoint_builder()
-                .name(&endpoint.name)
-                .metadata(endpoint.metadata.clone())
-                .add(&endpoint.subject)
+            let subscriber = self
+                .client
+                .queue_subscribe(endpoint.subject.clone(), micro::QUEUE_GROUP.to_owned())
                 .await
                 .map_err(|e| TransportError::new("registering an endpoint", e))?;
-            endpoints.push(stream.map(incoming).boxed());
-            infos.push(shared_schemas::discovery::EndpointInfo {
-                queue_group: "q".to_owned(),
+            let endpoint_stats = Arc::new(micro::EndpointStats::default());
+            let (client, counters) = (self.client.clone(), endpoint_stats.clone());
+            endpoints.push(
+                micro::drainable(subscriber, draining.clone())
+                    .map(move |message| incoming(message, &client, &counters))
+                    .boxed(),
+            );
+            stats.push(endpoint_stats);
+            infos.push(EndpointInfo {
+                queue_group: micro::QUEUE_GROUP.to_owned(),
                 ..endpoint
             });
         }
-
-        let base = service.info().await;
         let info = ServiceInfo {
-            name: base.name,
-            id: base.id,
-            version: base.version,
-            description: base.description,
-            metadata: base.metadata,
+            name: spec.name,
+            id,
+            version: spec.version,
+            description: spec.description,
+            metadata: [(
+                meta::WIRE_VERSION.to_owned(),
+                shared_schemas::WIRE_VERSION.to_owned(),
+            )]
+            .into(),
             endpoints: infos,
         };
+        let instance = Arc::new(micro::Instance {
+            info: info.clone(),
+            stats,
+            started: now_rfc3339(),
+        });
+        micro::serve_verbs(&self.client, instance, draining)
+            .await
+            .map_err(|e| TransportError::new("registering the service", e))?;
+
         let up = serde_json::to_vec(&info).map_err(|e| TransportError::new("announcing", e))?;
         self.client
             .publish(self.subjects.announce_up(), up.into())
@@ -100,7 +109,7 @@ impl Transport for NatsTransport {
             .map_err(|e| TransportError::new("announcing", e))?;
 
         let handle = NatsRegistration {
-            service,
+            drain,
             client: self.client.clone(),
             down_subject: self.subjects.announce_down(),
             down: InstanceDown {
@@ -174,6 +183,13 @@ impl Transport for NatsTransport {
         Ok(found)
     }
 
+    async fn flush(&self) -> Result<(), TransportError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| TransportError::new("flush", e))
+    }
+
     async fn announcements(&self) -> Result<BoxStream<'static, Announcement>, TransportError> {
         let wildcard = format!("{}.discovery.*", self.subjects.prefix());
         let up = self.subjects.announce_up();
@@ -199,7 +215,7 @@ impl Transport for NatsTransport {
 }
 
 struct NatsRegistration {
-    service: async_nats::service::Service,
+    drain: watch::Sender<bool>,
     client: Client,
     down_subject: String,
     down: InstanceDown,
@@ -210,10 +226,9 @@ impl Deregister for NatsRegistration {
     async fn deregister(self: Box<Self>) -> Result<(), TransportError> {
         let down =
             serde_json::to_vec(&self.down).map_err(|e| TransportError::new("deregistering", e))?;
-        self.service
-            .stop()
-            .await
-            .map_err(|e| TransportError::new("deregistering", e))?;
+        // Endpoint streams end once the server confirms; requests it sent
+        // before are still delivered and answered.
+        self.drain.send_replace(true);
         self.client
             .publish(self.down_subject, down.into())
             .await
@@ -225,29 +240,54 @@ impl Deregister for NatsRegistration {
     }
 }
 
-struct NatsResponder(async_nats::service::Request);
+/// Replies to one request and counts it in the endpoint's stats.
+struct NatsResponder {
+    client: Client,
+    reply: Option<async_nats::Subject>,
+    stats: Arc<micro::EndpointStats>,
+    started: Instant,
+}
 
 #[async_trait]
 impl Respond for NatsResponder {
     async fn respond(self: Box<Self>, reply: Message) -> Result<(), TransportError> {
-        self.0
-            .respond_with_headers(Ok(reply.body), to_nats(&reply.headers))
+        let failed = reply
+            .headers
+            .get(shared_schemas::http::STATUS)
+            .is_some_and(|s| s.as_bytes().first() == Some(&b'5'));
+        self.stats.record(self.started, failed);
+        let Some(subject) = self.reply else {
+            return Ok(());
+        };
+        self.client
+            .publish_with_headers(subject, to_nats(&reply.headers), reply.body)
             .await
             .map_err(|e| TransportError::new("reply", e))
     }
 }
 
-fn incoming(request: async_nats::service::Request) -> Incoming {
-    let message = Message {
-        headers: request
-            .message
-            .headers
-            .as_ref()
-            .map(from_nats)
-            .unwrap_or_default(),
-        body: request.message.payload.clone(),
+fn incoming(
+    message: async_nats::Message,
+    client: &Client,
+    stats: &Arc<micro::EndpointStats>,
+) -> Incoming {
+    let request = Message {
+        headers: message.headers.as_ref().map(from_nats).unwrap_or_default(),
+        body: message.payload,
     };
-    Incoming::new(message, NatsResponder(request))
+    let responder = NatsResponder {
+        client: client.clone(),
+        reply: message.reply,
+        stats: stats.clone(),
+        started: Instant::now(),
+    };
+    Incoming::new(request, responder)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
