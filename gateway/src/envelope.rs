@@ -1,4 +1,5 @@
-//! The gateway's own answers, in the standard envelope.
+//! The gateway's own answers, in the standard envelope
+//! (`{"success","data","error"}`, `content-type: application/json`).
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
