@@ -1,67 +1,46 @@
-//! The merged document and the page that reads it: `/openapi.json`, and
-//! Swagger UI at `/docs` from assets vendored at build time, so the page
-//! works with no internet access.
+//! `/docs`: Swagger UI from assets vendored at build time (nothing is
+//! fetched from the network), pointed at the merged `/openapi.json`.
 
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::Path;
 use axum::response::{IntoResponse, Redirect, Response};
-use http::{HeaderValue, StatusCode, header};
+use axum::routing::get;
+use http::{StatusCode, header};
 use utoipa_swagger_ui::Config;
 
-use crate::AppState;
 use crate::envelope;
 
-/// Where the page finds the document.
-const DOCUMENT: &str = "/openapi.json";
+static CONFIG: LazyLock<Arc<Config<'static>>> =
+    LazyLock::new(|| Arc::new(Config::from("/openapi.json")));
 
-static CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
-    Arc::new(
-        Config::from(DOCUMENT)
-            .try_it_out_enabled(true)
-            .display_request_duration(true)
-            .filter(true),
-    )
-});
-
-/// `GET /openapi.json`: the document serialized when the routes last
-/// changed.
-pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
-    let document = state.snapshot.load().openapi.clone();
-    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/docs", get(|| async { Redirect::permanent("/docs/") }))
+        .route("/docs/", get(|| asset(String::new())))
+        .route("/docs/{*file}", get(|Path(file): Path<String>| asset(file)))
 }
 
-/// `GET /docs`: the page's assets are relative to `/docs/`.
-pub async fn redirect() -> Redirect {
-    Redirect::permanent("/docs/")
-}
-
-/// `GET /docs/`.
-pub async fn index() -> Response {
-    asset("")
-}
-
-/// `GET /docs/{*file}`.
-pub async fn file(Path(file): Path<String>) -> Response {
-    asset(&file)
-}
-
-fn asset(file: &str) -> Response {
-    match utoipa_swagger_ui::serve(file, CONFIG.clone()) {
-        Ok(Some(asset)) => {
-            let content_type = HeaderValue::try_from(asset.content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            let mut response = asset.bytes.into_owned().into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, content_type);
-            if asset.gzpipped {
-                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+async fn asset(file: String) -> Response {
+    match utoipa_swagger_ui::serve(&file, CONFIG.clone()) {
+        Ok(Some(file)) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, file.content_type)],
+                file.bytes.into_owned(),
+            )
+                .into_response();
+            if file.gzpipped {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
             }
             response
         }
-        Ok(None) => envelope::error(StatusCode::NOT_FOUND, format!("no docs file `{file}`")),
+        Ok(None) => envelope::error(StatusCode::NOT_FOUND, format!("no docs asset `{file}`")),
         Err(e) => {
-            tracing::error!(error = %e, file, "could not serve a docs file");
+            tracing::error!(error = %e, "could not serve a docs asset");
             envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         }
     }

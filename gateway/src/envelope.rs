@@ -1,5 +1,4 @@
-//! The gateway's own answers, in the standard envelope
-//! (`{"success","data","error"}`, `content-type: application/json`).
+//! The gateway's own answers, in the standard envelope.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};

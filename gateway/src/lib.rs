@@ -1,184 +1,136 @@
 //! The microcore gateway: the one HTTP entry point of the system.
 //!
-//! It learns which services are live and which endpoints they offer from
-//! the bus (`discovery`), routes each request to the owning service over
-//! request-reply (`proxy`), and serves one OpenAPI document merged from
-//! every live service with a docs page (`docs`). It knows the bus only as
-//! an `Arc<dyn Transport>`, so the same gateway runs in front of a fleet
-//! over NATS or beside the services in one process.
-//!
-//! How the parts fit:
-//!
-//! - `registry` keeps the known services and instances (pure);
-//!   `discovery` is the task that feeds it announcements and sweeps;
-//! - on each change, a `snapshot` is derived: the `routes` table, the
-//!   `openapi` document and the conflict report, swapped in whole;
-//! - requests read the current snapshot without waiting on discovery:
-//!   `proxy` for service routes, `system` and `docs` for the
-//!   gateway's own paths;
-//! - every response carries the request id (`request_id`), and a panic
-//!   becomes a generic 500 envelope.
-//!
-//! ```no_run
-//! # async fn run(transport: std::sync::Arc<dyn microcore::transport::Transport>) -> anyhow::Result<()> {
-//! use gateway::{Gateway, GatewayConfig};
-//!
-//! let config = GatewayConfig::from_env()?;
-//! let gateway = Gateway::start(&config, transport).await?;
-//! let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-//! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
-//! # Ok(())
-//! # }
-//! ```
+//! It discovers the endpoints live services announce ([`discovery`]),
+//! routes each request to its service over the bus ([`proxy`]), and serves
+//! one OpenAPI document merged from every live service with a docs page
+//! ([`openapi`], [`docs`]). It knows the bus only as a
+//! [`Transport`](microcore::transport::Transport), so it runs the same
+//! beside services in one process or in front of a fleet over NATS.
 
-mod config;
-mod discovery;
+pub mod config;
+pub mod discovery;
 mod docs;
 mod envelope;
-mod openapi;
-mod proxy;
-mod registry;
-mod request_id;
-mod routes;
-mod snapshot;
-mod system;
+pub mod openapi;
+pub mod proxy;
+pub mod routes;
 
-use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get};
-use axum::serve::ListenerExt;
-use http::{Method, StatusCode, Uri};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode};
 use microcore::transport::{Transport, TransportError};
+use serde_json::json;
 use shared_schemas::Subjects;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-pub use config::{ConfigError, GatewayConfig};
+pub use config::GatewayConfig;
 
-use crate::discovery::Discovery;
-use crate::snapshot::SnapshotCell;
+use crate::discovery::RoutesView;
+use crate::proxy::Proxy;
 
-/// What every handler shares.
-struct AppState {
-    transport: Arc<dyn Transport>,
-    snapshot: Arc<SnapshotCell>,
-    body_limit: usize,
-}
+/// The longest client `X-Request-ID` kept; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 200;
 
 /// A gateway with discovery running.
-///
-/// Discovery stops when the `Gateway` is dropped: keep it alive for as long
-/// as its [`router`](Self::router) serves.
 pub struct Gateway {
-    state: Arc<AppState>,
-    _discovery: Discovery,
+    proxy: Arc<Proxy>,
+    discovery: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
-    /// Subscribes to announcements and sweeps once over `transport`, so the
-    /// route table holds every live service when this returns, then keeps
-    /// it current in the background. Fails only when the announcements
-    /// cannot be subscribed to.
+    /// Starts discovery over `transport`; the route table is filled before
+    /// this returns.
     pub async fn start(
         config: &GatewayConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, TransportError> {
-        let (snapshot, discovery) = discovery::start(
+        let (routes, discovery) = discovery::start(
             transport.clone(),
             Subjects::new(&config.subject_prefix),
             config.discovery_interval,
             config.route_retention,
         )
         .await?;
-        let state = Arc::new(AppState {
+        let proxy = Arc::new(Proxy {
             transport,
-            snapshot,
+            routes,
             body_limit: config.body_limit,
         });
-        Ok(Self {
-            state,
-            _discovery: discovery,
-        })
+        Ok(Self { proxy, discovery })
     }
 
-    /// The HTTP application: the gateway's own paths, and every other path
-    /// proxied to the service that owns it.
+    /// The HTTP application.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/health", own(system::health))
-            .route("/system/routes", own(system::routes))
-            .route("/openapi.json", own(docs::openapi))
-            .route("/docs", own(docs::redirect))
-            .route("/docs/", own(docs::index))
-            .route("/docs/{*file}", own(docs::file))
+            .route("/openapi.json", get(proxy::openapi))
+            .route("/health", get(health))
+            .route("/system/routes", get(system_routes))
+            .merge(docs::router())
             .fallback(proxy::forward)
-            .with_state(self.state.clone())
+            .with_state(self.proxy.clone())
             .layer(
-                // Outermost first: the id is settled before anything can
-                // fail, and the panic answer still passes the layer that
-                // echoes it.
                 ServiceBuilder::new()
-                    .layer(MapRequestLayer::new(request_id::drop_unusable::<Body>))
+                    .layer(CatchPanicLayer::custom(|_| {
+                        tracing::error!("gateway handler panicked");
+                        envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+                    }))
+                    .layer(axum::middleware::map_request(drop_unusable_request_id))
                     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                    .layer(PropagateRequestIdLayer::x_request_id())
-                    .layer(CatchPanicLayer::custom(internal_error)),
+                    .layer(PropagateRequestIdLayer::x_request_id()),
             )
     }
 
-    /// Serves HTTP on `listener` until `shutdown` resolves; then stops
-    /// accepting connections, lets the requests in flight finish, and stops
-    /// discovery.
+    /// Serves HTTP on `listener` until `shutdown` resolves, then finishes
+    /// the requests in flight.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        // Replies are written whole: never hold one back for coalescing.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, self.router())
+        let app = self.router();
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        self.discovery.abort();
+        result
     }
 }
 
-/// A `GET` route of the gateway's own; other methods get the 405 envelope.
-fn own<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
-where
-    H: axum::handler::Handler<T, Arc<AppState>>,
-    T: 'static,
-{
-    get(handler).fallback(method_not_allowed)
+/// A client request id is honoured only if it is short and printable;
+/// otherwise the request-id layer makes a fresh one.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |v: &HeaderValue| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    };
+    if request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !usable(v))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    envelope::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
+    let services = proxy.routes.load().live_services;
+    envelope::ok(json!({"status": "ok", "services": services}))
 }
 
-/// The answer to a panic: generic for the client, the cause in the log.
-fn internal_error(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let cause = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-text panic payload");
-    tracing::error!(cause, "a gateway handler panicked");
-    envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+async fn system_routes(State(proxy): State<Arc<Proxy>>) -> Response {
+    let snapshot = proxy.routes.load();
+    envelope::ok(RoutesView {
+        routes: &snapshot.table.routes,
+        conflicts: &snapshot.conflicts,
+    })
 }
-
-#[cfg(test)]
-mod tests;
