@@ -46,6 +46,13 @@ impl GatewayConfig {
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let defaults = Self::default();
+        if let Some(value) = lookup("MC_DISCOVERY_INTERVAL_MS").filter(|v| v.trim() == "0") {
+            return Err(ConfigError {
+                name: "MC_DISCOVERY_INTERVAL_MS",
+                value,
+                reason: "the sweep interval must be at least 1 ms".into(),
+            });
+        }
         Ok(Self {
             nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
             subject_prefix: lookup("MC_SUBJECT_PREFIX").unwrap_or(defaults.subject_prefix),

@@ -77,14 +77,16 @@ impl Gateway {
             .fallback(proxy::forward)
             .with_state(self.proxy.clone())
             .layer(
+                // Outermost first: the request id is set before anything
+                // else runs and echoed on every answer, a panic's 500 too.
                 ServiceBuilder::new()
+                    .layer(axum::middleware::map_request(drop_unusable_request_id))
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                    .layer(PropagateRequestIdLayer::x_request_id())
                     .layer(CatchPanicLayer::custom(|_| {
                         tracing::error!("gateway handler panicked");
                         envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-                    }))
-                    .layer(axum::middleware::map_request(drop_unusable_request_id))
-                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                    .layer(PropagateRequestIdLayer::x_request_id()),
+                    })),
             )
     }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use microcore::transport::{Message, RequestError, Transport};
+use percent_encoding::percent_decode_str;
 use shared_schemas::http as wire;
 
 use crate::discovery::Shared;
@@ -73,6 +74,18 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
         }
     };
 
+    // matchit hands out raw segments; services get the decoded values.
+    let mut decoded = Vec::with_capacity(params.len());
+    for (name, raw) in params {
+        match percent_decode_str(raw).decode_utf8() {
+            Ok(value) => decoded.push((name, value)),
+            Err(_) => {
+                let message = format!("path parameter `{name}` is not valid UTF-8");
+                return envelope::error(StatusCode::BAD_REQUEST, message);
+            }
+        }
+    }
+
     let mut headers = forwardable(&parts.headers);
     headers.insert(
         HeaderName::from_static("mc-method"),
@@ -80,9 +93,9 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     );
     headers.insert(HeaderName::from_static("mc-path"), value(path));
     headers.insert(HeaderName::from_static("mc-route"), value(&target.route));
-    if !params.is_empty() {
+    if !decoded.is_empty() {
         let encoded = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params)
+            .extend_pairs(&decoded)
             .finish();
         headers.insert(HeaderName::from_static("mc-path-params"), value(&encoded));
     }

@@ -175,6 +175,23 @@ async fn a_missing_product_is_404_and_a_malformed_id_422() {
 }
 
 #[tokio::test]
+async fn path_parameters_reach_the_service_percent_decoded() {
+    let (system, _products) = System::with_products().await;
+    let ids = seed(&system, 1).await;
+    let encoded: String = ids[0]
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let found = system
+        .http()
+        .get(&format!("/products/{encoded}"))
+        .await
+        .expect_success(StatusCode::OK);
+    assert_eq!(found["id"], ids[0], "`{encoded}` is read as {}", ids[0]);
+}
+
+#[tokio::test]
 async fn the_catalogue_is_listed_in_pages() {
     let (system, _products) = System::with_products().await;
     let ids = seed(&system, 25).await;
