@@ -1,13 +1,14 @@
 //! The NATS micro services protocol (`$SRV.PING`, `$SRV.INFO`,
 //! `$SRV.STATS`, each also scoped by `.<name>` and `.<name>.<id>`), served
 //! by the kernel itself rather than by async-nats' `service` module, for
-//! one reason: a stopping instance must *drain* its endpoint subscriptions.
-//! Unsubscribing outright drops the requests the server already sent this
-//! way; draining answers them first, so a rolling restart loses nothing.
+//! one reason: a stopping instance must *drain* its endpoint subscriptions
+//! ([`drainable`]). Unsubscribing outright drops the requests the server
+//! already sent this way; draining answers them first, so a rolling
+//! restart loses nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use futures_util::StreamExt;
@@ -99,28 +100,75 @@ impl Instance {
     }
 }
 
-/// A subscription that keeps delivering until drained: on the drain
-/// signal it unsubscribes at the server and ends only once the server has
-/// confirmed, after the last message sent before that.
+/// Messages the server may already have sent when it reads our
+/// unsubscribe: far more than a loopback or LAN pipe holds at once.
+const DRAIN_ALLOWANCE: u64 = 256;
+
+/// A draining subscription quiet this long has nothing left in flight.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
+/// A subscription that keeps delivering until drained.
+///
+/// Unsubscribing outright loses the messages the server sent before it
+/// read the unsubscribe. So on the drain signal we ask the server to stop
+/// after [`DRAIN_ALLOWANCE`] more messages (`UNSUB <sid> <max>`): server and
+/// client count the same messages, so whatever was in flight is delivered
+/// and nothing after it is routed here. Under light traffic the allowance
+/// may never fill; once the subscription has been quiet for
+/// [`DRAIN_QUIET`], it is closed outright.
 pub fn drainable(
     subscriber: async_nats::Subscriber,
     drain: watch::Receiver<bool>,
 ) -> BoxStream<'static, async_nats::Message> {
-    stream::unfold((subscriber, drain, false), |(mut subscriber, mut drain, draining)| async move {
-        let mut draining = draining;
+    let state = Drainable {
+        subscriber,
+        drain,
+        received: 0,
+        quiet: None,
+    };
+    stream::unfold(state, |mut state| async move {
         loop {
+            let draining = state.quiet.is_some();
+            let quiet = async {
+                match &mut state.quiet {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                message = subscriber.next() => return message.map(|m| (m, (subscriber, drain, draining))),
-                _ = drain.changed(), if !draining => {
-                    draining = true;
-                    if subscriber.drain().await.is_err() {
+                message = state.subscriber.next() => {
+                    let message = message?;
+                    state.received += 1;
+                    if let Some(sleep) = &mut state.quiet {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + DRAIN_QUIET);
+                    }
+                    return Some((message, state));
+                }
+                _ = state.drain.changed(), if !draining => {
+                    let last = state.received + DRAIN_ALLOWANCE;
+                    state.quiet = Some(Box::pin(tokio::time::sleep(DRAIN_QUIET)));
+                    if state.subscriber.unsubscribe_after(last).await.is_err() {
                         return None;
                     }
+                }
+                _ = quiet => {
+                    // Buffered messages still come out; then the stream ends.
+                    if state.subscriber.unsubscribe().await.is_err() {
+                        return None;
+                    }
+                    state.quiet = Some(Box::pin(tokio::time::sleep(Duration::MAX / 4)));
                 }
             }
         }
     })
     .boxed()
+}
+
+struct Drainable {
+    subscriber: async_nats::Subscriber,
+    drain: watch::Receiver<bool>,
+    received: u64,
+    quiet: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Answers the protocol's verbs for `instance` until drained.
