@@ -366,11 +366,32 @@ impl System {
             .subscribe(subject.to_owned())
             .await
             .unwrap_or_else(|e| panic!("cannot subscribe to {subject}: {e}"));
-        self.client
-            .flush()
-            .await
-            .unwrap_or_else(|e| panic!("cannot flush the subscription to {subject}: {e}"));
+        self.round_trip().await;
         subscription
+    }
+
+    /// Returns once the server has read everything this client sent so
+    /// far. (`flush` only empties the socket buffer.) A message to ourselves
+    /// comes back only after the server processed what preceded it.
+    async fn round_trip(&self) {
+        let probe = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(probe.clone())
+            .await
+            .unwrap_or_else(|e| panic!("cannot subscribe to {probe}: {e}"));
+        self.client
+            .publish(probe, Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot publish a probe: {e}"));
+        if tokio::time::timeout(wait::PROMPT, echo.next())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            self.fail("the NATS server did not echo a probe");
+        }
     }
 
     /// Waits until `GET /products` answers 200 through the gateway.
