@@ -23,6 +23,13 @@ pub use domain::Domain;
 pub use plugin::{BootError, Plugin, PluginEntry, PluginId, PluginState};
 pub use service::{RunningService, Service, ServiceError};
 
+/// The current time, RFC 3339 UTC: envelope and protocol timestamps.
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Everything a plugin file uses.
 pub mod prelude {
     pub use std::sync::Arc;

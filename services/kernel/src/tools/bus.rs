@@ -70,7 +70,7 @@ impl Bus {
                 .emitter
                 .as_ref()
                 .map_or_else(|| "kernel".to_owned(), |p| p.as_str().to_owned()),
-            timestamp: now_rfc3339(),
+            timestamp: crate::now_rfc3339(),
             parent_id: cause.as_ref().map(|c| c.id.clone()),
             correlation_id: cause.map(|c| c.correlation_id),
             key: None,
@@ -87,10 +87,4 @@ impl Bus {
             .await?;
         Ok(envelope.id)
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

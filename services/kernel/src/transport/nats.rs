@@ -96,7 +96,7 @@ impl Transport for NatsTransport {
         let instance = Arc::new(micro::Instance {
             info: info.clone(),
             stats,
-            started: now_rfc3339(),
+            started: crate::now_rfc3339(),
         });
         micro::serve_verbs(&self.client, instance, draining)
             .await
@@ -282,12 +282,6 @@ fn incoming(
         started: Instant::now(),
     };
     Incoming::new(request, responder)
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
