@@ -50,23 +50,27 @@ fn json_schema<'a>(doc: &'a Value, holder: &'a Value) -> &'a Value {
     resolve(doc, schema)
 }
 
+/// Asserts each named property of `schema` has the given JSON type.
+#[track_caller]
+fn assert_property_types(doc: &Value, schema: &Value, expected: &[(&str, &str)]) {
+    let properties = &schema["properties"];
+    for (name, kind) in expected {
+        assert!(
+            has_type(resolve(doc, &properties[*name]), kind),
+            "`{name}` is {kind}: {schema}"
+        );
+    }
+}
+
 /// Asserts `schema` is a product: `id` integer, `name` string, `price`
 /// number.
 #[track_caller]
 fn assert_product(doc: &Value, schema: &Value) {
     let schema = resolve(doc, schema);
-    let properties = &schema["properties"];
-    assert!(
-        has_type(resolve(doc, &properties["id"]), "integer"),
-        "{schema}"
-    );
-    assert!(
-        has_type(resolve(doc, &properties["name"]), "string"),
-        "{schema}"
-    );
-    assert!(
-        has_type(resolve(doc, &properties["price"]), "number"),
-        "{schema}"
+    assert_property_types(
+        doc,
+        schema,
+        &[("id", "integer"), ("name", "string"), ("price", "number")],
     );
 }
 
@@ -75,35 +79,24 @@ fn assert_product(doc: &Value, schema: &Value) {
 #[track_caller]
 fn success_data<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
     let envelope = json_schema(doc, response);
-    let properties = &envelope["properties"];
-    assert!(
-        has_type(resolve(doc, &properties["success"]), "boolean"),
-        "{envelope}"
-    );
-    assert!(
-        has_type(resolve(doc, &properties["error"]), "null"),
-        "{envelope}"
-    );
-    assert!(!properties["data"].is_null(), "{envelope}");
-    resolve(doc, &properties["data"])
+    assert_property_types(doc, envelope, &[("success", "boolean"), ("error", "null")]);
+    let data = &envelope["properties"]["data"];
+    assert!(!data.is_null(), "{envelope}");
+    resolve(doc, data)
 }
 
 /// Asserts an error response is the error envelope.
 #[track_caller]
 fn assert_error_envelope(doc: &Value, response: &Value) {
     let envelope = json_schema(doc, response);
-    let properties = &envelope["properties"];
-    assert!(
-        has_type(resolve(doc, &properties["success"]), "boolean"),
-        "{envelope}"
-    );
-    assert!(
-        has_type(resolve(doc, &properties["error"]), "string"),
-        "{envelope}"
-    );
-    assert!(
-        has_type(resolve(doc, &properties["details"]), "array"),
-        "{envelope}"
+    assert_property_types(
+        doc,
+        envelope,
+        &[
+            ("success", "boolean"),
+            ("error", "string"),
+            ("details", "array"),
+        ],
     );
 }
 
