@@ -19,6 +19,8 @@ pub mod meta {
     pub const OPERATION: &str = "openapi.operation";
     /// The OpenAPI component schemas the operation refers to, JSON object.
     pub const SCHEMAS: &str = "openapi.schemas";
+    /// A request-reply endpoint: the name callers ask for.
+    pub const RPC_NAME: &str = "rpc.name";
     /// Service metadata: the wire contract version.
     pub const WIRE_VERSION: &str = "microcore.wire";
 }

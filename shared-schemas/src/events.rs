@@ -16,6 +16,53 @@ impl ProductCreated {
     pub const EVENT: &'static str = "product.created";
 }
 
+/// `order.placed`: an order was stored; its stock should be reserved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrderPlaced {
+    pub order_id: i64,
+    pub user_id: String,
+    pub lines: Vec<OrderLine>,
+    pub total: f64,
+}
+
+impl OrderPlaced {
+    pub const EVENT: &'static str = "order.placed";
+}
+
+/// One product and quantity of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrderLine {
+    pub product_id: i64,
+    pub quantity: i64,
+}
+
+/// `system.subscriber.dropped`: a subscriber failed for good on too many
+/// events in a row and stopped consuming on one instance. Its events stay
+/// in the stream until it is fixed and restarted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriberDropped {
+    pub event: String,
+    pub subscriber: String,
+    pub error: String,
+    pub consecutive_failures: u32,
+}
+
+impl SubscriberDropped {
+    pub const EVENT: &'static str = "system.subscriber.dropped";
+}
+
+/// What lands on the dead-letter subject when a subscriber gave up on an
+/// event: the event itself, who failed, why, and after how many attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub original: EventEnvelope,
+    pub subscriber: String,
+    pub error: String,
+    pub attempts: u32,
+    /// RFC 3339, UTC.
+    pub failed_at: String,
+}
+
 /// The envelope every event travels in. `payload` is the event's own
 /// schema; subscribers deserialize only the fields they need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

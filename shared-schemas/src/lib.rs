@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod events;
 pub mod http;
+pub mod rpc;
 pub mod subjects;
 
 /// Version of the wire contracts in this crate, announced by every service.

@@ -50,6 +50,43 @@ impl Subjects {
         format!("{}.dlq.{event}", self.prefix)
     }
 
+    /// Every event subject (the durable events stream captures these).
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// Every dead-letter subject.
+    pub fn dlq_wildcard(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    /// The JetStream stream holding this system's events, e.g. `MC_EVENTS`.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_prefix())
+    }
+
+    /// The JetStream stream holding this system's dead letters.
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.stream_prefix())
+    }
+
+    /// Stream names may not hold `.`, `*`, `>` or whitespace.
+    fn stream_prefix(&self) -> String {
+        self.prefix
+            .chars()
+            .map(|c| match c {
+                c if c.is_ascii_alphanumeric() || c == '-' => c.to_ascii_uppercase(),
+                _ => '_',
+            })
+            .collect()
+    }
+
+    /// The subject a request-reply handler named `name` answers on (queue
+    /// group: one replica answers).
+    pub fn rpc(&self, name: &str) -> String {
+        format!("{}.rpc.{name}", self.prefix)
+    }
+
     /// Where instances announce that they came up (payload: the
     /// [`ServiceInfo`](crate::discovery::ServiceInfo) `$SRV.INFO` answers).
     pub fn announce_up(&self) -> String {
@@ -76,8 +113,16 @@ mod tests {
         );
         assert_eq!(s.event("product.created"), "shop.events.product.created");
         assert_eq!(s.dlq("product.created"), "shop.dlq.product.created");
+        assert_eq!(s.rpc("products.quote"), "shop.rpc.products.quote");
+        assert_eq!(s.events_wildcard(), "shop.events.>");
         assert!(s.is_http("shop.http.products.get_product"));
         assert!(!s.is_http("mc.http.products.get_product"));
         assert!(!s.is_http("shopping.http.x.y"));
+    }
+
+    #[test]
+    fn stream_names_are_valid_whatever_the_prefix() {
+        assert_eq!(Subjects::default().events_stream(), "MC_EVENTS");
+        assert_eq!(Subjects::new("acme.shop").dlq_stream(), "ACME_SHOP_DLQ");
     }
 }

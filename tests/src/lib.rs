@@ -27,6 +27,7 @@
 
 pub mod binaries;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod logs;
 pub mod micro;
@@ -37,6 +38,7 @@ pub mod wait;
 
 pub use binaries::{binary, try_binary};
 pub use db::TestDb;
+pub use events::Streams;
 pub use http::{HttpClient, Reply};
 pub use nats::NatsServer;
 pub use process::ServiceProcess;

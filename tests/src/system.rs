@@ -189,6 +189,11 @@ impl System {
         &self.db
     }
 
+    /// The durable event streams, through the harness's connection.
+    pub fn streams(&self) -> crate::Streams {
+        crate::Streams::new(self.client.clone(), &self.config.prefix)
+    }
+
     /// The subject prefix every process uses.
     pub fn prefix(&self) -> &str {
         &self.config.prefix
@@ -286,23 +291,41 @@ impl System {
 
     /// Starts a products process without waiting for anything.
     pub fn spawn_products(&self) -> ServiceProcess {
-        let bin = binary(PRODUCTS);
-        let mut env = vec![
-            ("NATS_URL".to_owned(), self.nats.url().to_owned()),
-            ("DATABASE_URL".to_owned(), self.db.url().to_owned()),
-            ("MC_SUBJECT_PREFIX".to_owned(), self.config.prefix.clone()),
-        ];
-        env.extend(self.config.service_env.iter().cloned());
-        self.spawn(&bin, env)
+        self.spawn_service(PRODUCTS, &[])
     }
 
     /// Starts a products instance and waits until it announces itself on
     /// `<prefix>.discovery.up` — the moment its endpoints are live.
     pub async fn start_products(&self) -> ServiceInstance {
+        self.start_service(PRODUCTS, PRODUCTS, &[]).await
+    }
+
+    /// Starts the service binary `bin` with the system's NATS, database and
+    /// prefix plus `env`, without waiting for anything.
+    pub fn spawn_service(&self, bin: &str, env: &[(&str, &str)]) -> ServiceProcess {
+        let bin = binary(bin);
+        let mut all = vec![
+            ("NATS_URL".to_owned(), self.nats.url().to_owned()),
+            ("DATABASE_URL".to_owned(), self.db.url().to_owned()),
+            ("MC_SUBJECT_PREFIX".to_owned(), self.config.prefix.clone()),
+        ];
+        all.extend(self.config.service_env.iter().cloned());
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self.spawn(&bin, all)
+    }
+
+    /// Starts `bin` and waits until an instance of `service` announces
+    /// itself: its endpoints are live and its subscriptions consume.
+    pub async fn start_service(
+        &self,
+        bin: &str,
+        service: &str,
+        env: &[(&str, &str)],
+    ) -> ServiceInstance {
         let mut announcements = self.subscribe(&self.subject("discovery.up")).await;
-        let mut process = self.spawn_products();
+        let mut process = self.spawn_service(bin, env);
         let id = self
-            .wait_for_announcement(PRODUCTS, &mut process, &mut announcements)
+            .wait_for_announcement(service, &mut process, &mut announcements)
             .await;
         ServiceInstance {
             process,

@@ -25,6 +25,18 @@ impl Cause {
             correlation_id: request_id.to_owned(),
         }
     }
+
+    /// An event is the parent of what its handler publishes; the chain
+    /// keeps the root it came from.
+    pub fn event<P>(envelope: &shared_schemas::events::EventEnvelope<P>) -> Self {
+        Self {
+            id: envelope.id.clone(),
+            correlation_id: envelope
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| envelope.id.clone()),
+        }
+    }
 }
 
 /// The cause of the current task, if it is handling something.

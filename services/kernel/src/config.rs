@@ -25,6 +25,9 @@ pub struct ServiceConfig {
     /// `MC_SHUTDOWN_GRACE_SECS`: how long in-flight requests may take to
     /// finish after SIGTERM, default 30.
     pub shutdown_grace: Duration,
+    /// `MC_OUTBOX_RELAY_DELAY_MS`: wait between a commit and the relay of
+    /// its events, default 0. Only crash tests want a wider window.
+    pub outbox_relay_delay: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -37,6 +40,7 @@ impl Default for ServiceConfig {
             subject_prefix: DEFAULT_PREFIX.into(),
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            outbox_relay_delay: Duration::ZERO,
         }
     }
 }
@@ -73,6 +77,9 @@ impl ServiceConfig {
             shutdown_grace: parse(&lookup, "MC_SHUTDOWN_GRACE_SECS")?
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
+            outbox_relay_delay: parse(&lookup, "MC_OUTBOX_RELAY_DELAY_MS")?
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.outbox_relay_delay),
         })
     }
 }

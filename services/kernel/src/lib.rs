@@ -40,5 +40,9 @@ pub mod prelude {
 
     pub use crate::http::{Context, Cookie, HandlerError, HandlerResult, Http};
     pub use crate::plugin::{BootError, Plugin};
-    pub use crate::tools::{Bus, Db, DbError, DbErrorKind, Logger};
+    pub use shared_schemas::events::EventEnvelope;
+
+    pub use crate::tools::{
+        Bus, Db, DbError, DbErrorKind, EventResult, Logger, RpcError, Transaction,
+    };
 }

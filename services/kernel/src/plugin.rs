@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use crate::http::RouteError;
-use crate::tools::{Inject, MissingTool, Toolbox};
+use crate::tools::{Inject, MissingTool, SubscribeError, Toolbox};
 
 /// One feature of a domain.
 ///
@@ -81,6 +81,8 @@ pub enum BootError {
     MissingTool(#[from] MissingTool),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     #[error("{0}")]
     Failed(String),
 }

@@ -11,16 +11,20 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use shared_schemas::Subjects;
-use shared_schemas::discovery::{EndpointInfo, HttpEndpoint, ServiceInfo};
-use tokio::task::JoinSet;
+use shared_schemas::discovery::{EndpointInfo, HttpEndpoint, ServiceInfo, meta};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ServiceConfig};
 use crate::domain::Domain;
 use crate::http::{self, Http, Route};
 use crate::plugin::{BootError, DynPlugin, PluginId, PluginState};
-use crate::tools::{Bus, Db, DbError, Logger, ToolCollision, Toolbox};
-use crate::transport::{Deregister, NatsTransport, ServiceSpec, Transport, TransportError};
+use crate::tools::bus::{self, Bus};
+use crate::tools::{Db, DbError, Logger, Tool, ToolCollision, Toolbox};
+use crate::transport::{
+    Deregister, Incoming, NatsTransport, ServiceSpec, Transport, TransportError,
+};
 
 /// A service could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +96,14 @@ impl Service {
         if let Some(migrations) = &domain.migrations {
             db.migrate(migrations).await?;
         }
+        bus::ensure_outbox_table(&db).await?;
         let subjects = Subjects::new(&config.subject_prefix);
         let http = Http::new(config.request_timeout);
+        let bus = Bus::new(transport.clone(), subjects.clone());
         let mut tools = Toolbox::new();
         tools
             .insert(db.clone())?
-            .insert(Bus::new(transport.clone(), subjects.clone()))?
+            .insert(bus.clone())?
             .insert(http.clone())?
             .insert(Logger::new())?;
 
@@ -112,6 +118,7 @@ impl Service {
                 }
                 Err(e) => {
                     http.remove_plugin(&id);
+                    bus.remove_plugin(&id);
                     tracing::error!(plugin = %id, reason = %e, "plugin is dead");
                     PluginState::Dead {
                         reason: e.to_string(),
@@ -121,28 +128,66 @@ impl Service {
             states.push((id, state));
         }
 
-        let routes: Vec<Arc<Route>> = http.routes().into_iter().map(Arc::new).collect();
+        let endpoints: Vec<Endpoint> = http
+            .routes()
+            .into_iter()
+            .map(|r| Endpoint::Http(Arc::new(r)))
+            .chain(
+                bus.take_responders()
+                    .into_iter()
+                    .map(|r| Endpoint::Rpc(Arc::new(r))),
+            )
+            .collect();
         let spec = ServiceSpec {
             name: domain.name.to_owned(),
             version: domain.version.to_owned(),
             description: domain.description.to_owned(),
-            endpoints: routes
+            endpoints: endpoints
                 .iter()
-                .map(|r| endpoint_info(&subjects, domain.name, r))
+                .map(|e| e.info(&subjects, domain.name))
                 .collect(),
         };
+        // Consumers exist before the instance announces itself, so
+        // whoever sees it up can count on its subscriptions.
+        let tasks = TaskTracker::new();
+        let consumers_stop = CancellationToken::new();
+        let mut consumers = Vec::new();
+        for subscription in bus.take_subscriptions() {
+            let plugin_bus = bus.for_plugin(&subscription.plugin);
+            consumers.push(
+                bus::start_subscription(
+                    subscription,
+                    plugin_bus,
+                    consumers_stop.clone(),
+                    tasks.clone(),
+                )
+                .await?,
+            );
+        }
         let registration = transport.register(spec).await?;
-        let requests = TaskTracker::new();
         let mut listeners = JoinSet::new();
-        for (route, mut stream) in routes.into_iter().zip(registration.endpoints) {
-            let requests = requests.clone();
+        for consume in consumers {
+            listeners.spawn(consume);
+        }
+        for (endpoint, mut stream) in endpoints.into_iter().zip(registration.endpoints) {
+            let tasks = tasks.clone();
             listeners.spawn(async move {
                 while let Some(incoming) = stream.next().await {
-                    let route = route.clone();
-                    requests.spawn(async move { http::serve(&route, incoming).await });
+                    let endpoint = endpoint.clone();
+                    tasks.spawn(async move { endpoint.serve(incoming).await });
                 }
             });
         }
+
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(
+            bus::OutboxRelay {
+                db: db.clone(),
+                transport: transport.clone(),
+                delay: config.outbox_relay_delay,
+            }
+            .run(relay_stop.clone()),
+        );
         tracing::info!(
             service = domain.name,
             instance = %registration.info.id,
@@ -154,12 +199,44 @@ impl Service {
             info: registration.info,
             registration: registration.handle,
             listeners,
-            requests,
+            tasks,
+            consumers_stop,
+            relay,
+            relay_stop,
             plugins,
             states,
             db,
             config,
         })
+    }
+}
+
+/// What a registered endpoint serves: an HTTP route or a request-reply
+/// handler.
+#[derive(Clone)]
+enum Endpoint {
+    Http(Arc<Route>),
+    Rpc(Arc<bus::Responder>),
+}
+
+impl Endpoint {
+    fn info(&self, subjects: &Subjects, service: &str) -> EndpointInfo {
+        match self {
+            Self::Http(route) => endpoint_info(subjects, service, route),
+            Self::Rpc(responder) => EndpointInfo {
+                name: format!("rpc-{}", responder.name.replace('.', "-")),
+                subject: subjects.rpc(&responder.name),
+                queue_group: String::new(),
+                metadata: [(meta::RPC_NAME.to_owned(), responder.name.clone())].into(),
+            },
+        }
+    }
+
+    async fn serve(&self, incoming: Incoming) {
+        match self {
+            Self::Http(route) => http::serve(route, incoming).await,
+            Self::Rpc(responder) => bus::serve_rpc(responder, incoming).await,
+        }
     }
 }
 
@@ -194,8 +271,14 @@ pub struct RunningService {
     transport: Arc<dyn Transport>,
     info: ServiceInfo,
     registration: Box<dyn Deregister>,
+    /// Endpoint listeners and event consumers: they end when the
+    /// instance stops taking work.
     listeners: JoinSet<()>,
-    requests: TaskTracker,
+    /// Requests and events being handled.
+    tasks: TaskTracker,
+    consumers_stop: CancellationToken,
+    relay: JoinHandle<()>,
+    relay_stop: CancellationToken,
     plugins: Vec<Arc<dyn DynPlugin>>,
     states: Vec<(PluginId, PluginState)>,
     db: Db,
@@ -213,24 +296,30 @@ impl RunningService {
         &self.states
     }
 
-    /// Stops taking requests, waits (up to the grace period) for those in
-    /// flight, deregisters and releases the plugins and the database.
+    /// Stops taking requests and events, waits (up to the grace period)
+    /// for those in flight, relays what they staged in the outbox,
+    /// deregisters and releases the plugins and the database.
     pub async fn shutdown(mut self) -> Result<(), ServiceError> {
         tracing::info!(instance = %self.info.id, "shutting down");
         let deregistered = self.registration.deregister().await;
+        self.consumers_stop.cancel();
         let grace = self.config.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while self.listeners.join_next().await.is_some() {}
-            self.requests.close();
-            self.requests.wait().await;
+            self.tasks.close();
+            self.tasks.wait().await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
                 ?grace,
-                in_flight = self.requests.len(),
-                "grace period over, abandoning requests"
+                in_flight = self.tasks.len(),
+                "grace period over, abandoning requests and events in flight"
             );
+        }
+        self.relay_stop.cancel();
+        if let Err(e) = self.relay.await {
+            tracing::warn!(error = %e, "the outbox relay ended abnormally");
         }
         for plugin in self.plugins {
             plugin.shutdown().await;

@@ -7,18 +7,22 @@
 //! connections use it as `search_path`, and the service's migrations and
 //! their bookkeeping table live there, so two services never share tables.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
+use tokio::sync::Notify;
 
-use crate::tools::Tool;
+use crate::tools::{Tool, Transaction};
 
 /// A connection pool to the service's own database.
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    /// Woken when a transaction that staged events commits.
+    outbox: Arc<Notify>,
 }
 
 impl Tool for Db {
@@ -64,12 +68,30 @@ impl Db {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            outbox: Arc::default(),
+        })
     }
 
     /// The pool, to run queries with sqlx: `query_as(..).fetch_one(db.pool())`.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Starts a transaction. Events staged in it with
+    /// [`Bus::publish_in`](crate::tools::Bus::publish_in) are published
+    /// once it commits.
+    pub async fn begin(&self) -> Result<Transaction, DbError> {
+        Ok(Transaction::new(
+            self.pool.begin().await?,
+            self.outbox.clone(),
+        ))
+    }
+
+    /// Resolves when a transaction with staged events has committed.
+    pub(crate) async fn events_committed(&self) {
+        self.outbox.notified().await;
     }
 
     /// Applies the service's migrations that have not run yet.

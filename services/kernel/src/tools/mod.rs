@@ -3,17 +3,22 @@
 //! tools it needs as a tuple type; the kernel injects them, or marks the
 //! plugin dead with the name of the tool that is missing.
 
-mod bus;
+pub(crate) mod bus;
 mod db;
 mod logger;
+mod transaction;
 
 use std::any::{Any, TypeId, type_name};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use bus::{Bus, BusError};
+pub use bus::{
+    Bus, BusError, EventResult, Publication, RespondBuilder, RpcError, SubscribeBuilder,
+    SubscribeError,
+};
 pub use db::{Db, DbError, DbErrorKind};
 pub use logger::Logger;
+pub use transaction::Transaction;
 
 use crate::plugin::PluginId;
 

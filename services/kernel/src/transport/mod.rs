@@ -5,6 +5,7 @@
 //! NATS transport of the distributed system and an in-process one for the
 //! embedded mode are interchangeable without touching either.
 
+mod jetstream;
 mod micro;
 mod nats;
 
@@ -106,8 +107,25 @@ pub trait Transport: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Message, RequestError>;
 
-    /// Publishes a message to every subscriber of `subject`.
+    /// Publishes a message to every subscriber of `subject`, now or never.
     async fn publish(&self, subject: &str, message: Message) -> Result<(), TransportError>;
+
+    /// Stores a message durably and returns once the server has it. A
+    /// second message with the same `id` within the de-duplication window
+    /// is stored once.
+    async fn publish_durable(
+        &self,
+        subject: &str,
+        id: &str,
+        message: Message,
+    ) -> Result<(), TransportError>;
+
+    /// Delivers durably stored messages to this consumer until the stream
+    /// is dropped; each delivery is acknowledged or retried by its receiver.
+    async fn consume(
+        &self,
+        consumer: ConsumerSpec,
+    ) -> Result<BoxStream<'static, Delivery>, TransportError>;
 
     /// Asks every live instance to describe itself; waits `window` for answers.
     async fn discover(&self, window: Duration) -> Result<Vec<ServiceInfo>, TransportError>;
@@ -117,6 +135,62 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Waits until everything sent so far has left the process.
     async fn flush(&self) -> Result<(), TransportError>;
+}
+
+/// Who receives the durable messages of a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub subject: String,
+    pub mode: ConsumerMode,
+    /// How long a delivery may go unanswered before it is delivered again.
+    pub ack_wait: Duration,
+    /// How many deliveries may be unanswered at once.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerMode {
+    /// One delivery per message across every instance that consumes under
+    /// this name; progress survives restarts, so messages published while
+    /// no instance runs are delivered later.
+    Shared { name: String },
+    /// A copy for this instance alone, from now on, forgotten when it goes.
+    Broadcast,
+}
+
+/// One durable message delivered to a consumer.
+pub struct Delivery {
+    pub message: Message,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    pub fn new(message: Message, attempt: u32, acker: impl Acknowledge) -> Self {
+        Self {
+            message,
+            attempt,
+            acker: Box::new(acker),
+        }
+    }
+
+    /// Done: never deliver it again.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    /// Not done: deliver it again after `delay`.
+    pub async fn retry(self, delay: Duration) -> Result<(), TransportError> {
+        self.acker.retry(delay).await
+    }
+}
+
+/// The transport-specific half of [`Delivery`].
+#[async_trait]
+pub trait Acknowledge: Send + 'static {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    async fn retry(self: Box<Self>, delay: Duration) -> Result<(), TransportError>;
 }
 
 /// The transport failed to do what was asked.

@@ -1,8 +1,8 @@
 //! The distributed transport: NATS request-reply with queue groups for
 //! endpoints, the NATS micro protocol for discovery (standard tooling such
-//! as `nats micro ls` sees every service, see [`micro`]), and announcement
+//! as `nats micro ls` sees every service, see [`micro`]), announcement
 //! subjects so the gateway learns about instances at once instead of at
-//! its next sweep.
+//! its next sweep, and JetStream for durable events (see [`jetstream`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +15,11 @@ use shared_schemas::Subjects;
 use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo, meta};
 use tokio::sync::watch;
 
+use super::jetstream::JetStreamEvents;
 use super::micro;
 use super::{
-    Announcement, Deregister, Incoming, Message, Registration, RequestError, Respond, ServiceSpec,
-    Transport, TransportError,
+    Announcement, ConsumerSpec, Delivery, Deregister, Incoming, Message, Registration,
+    RequestError, Respond, ServiceSpec, Transport, TransportError,
 };
 
 /// [`Transport`] over one NATS connection.
@@ -26,6 +27,7 @@ use super::{
 pub struct NatsTransport {
     client: Client,
     subjects: Subjects,
+    events: Arc<JetStreamEvents>,
 }
 
 impl NatsTransport {
@@ -46,7 +48,11 @@ impl NatsTransport {
     }
 
     pub fn new(client: Client, subjects: Subjects) -> Self {
-        Self { client, subjects }
+        Self {
+            events: Arc::new(JetStreamEvents::new(client.clone(), subjects.clone())),
+            client,
+            subjects,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -152,6 +158,22 @@ impl Transport for NatsTransport {
             .publish_with_headers(subject.to_owned(), to_nats(&message.headers), message.body)
             .await
             .map_err(|e| TransportError::new("publish", e))
+    }
+
+    async fn publish_durable(
+        &self,
+        subject: &str,
+        id: &str,
+        message: Message,
+    ) -> Result<(), TransportError> {
+        self.events.publish(subject, id, message).await
+    }
+
+    async fn consume(
+        &self,
+        consumer: ConsumerSpec,
+    ) -> Result<BoxStream<'static, Delivery>, TransportError> {
+        self.events.consume(consumer).await
     }
 
     async fn discover(&self, window: Duration) -> Result<Vec<ServiceInfo>, TransportError> {
@@ -284,7 +306,7 @@ fn incoming(
     Incoming::new(request, responder)
 }
 
-fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
+pub(super) fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
     for (name, value) in headers {
         if let Ok(value) = value.to_str() {
@@ -294,7 +316,7 @@ fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
     out
 }
 
-fn from_nats(headers: &async_nats::HeaderMap) -> HeaderMap {
+pub(super) fn from_nats(headers: &async_nats::HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, values) in headers.iter() {
         let Ok(name) = HeaderName::from_bytes(AsRef::<[u8]>::as_ref(name)) else {

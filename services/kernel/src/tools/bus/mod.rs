@@ -1,0 +1,234 @@
+//! The bus tool: the only channel between domains.
+//!
+//! - [`Bus::publish`] stores an event durably (the server acknowledged it
+//!   when the call returns); [`Bus::publish_in`] stages it in a database
+//!   transaction instead, and the outbox relays it after commit, so a crash
+//!   between the two loses nothing.
+//! - [`Bus::subscribe`] declares an event handler in `on_boot`; the kernel
+//!   runs it with acks, retries with backoff and a dead-letter queue.
+//! - [`Bus::request`] asks one handler declared with [`Bus::respond`] and
+//!   waits for its answer.
+//!
+//! Every event travels in the standard envelope. The emitter is the
+//! publishing plugin and the parent is what the plugin is handling (the
+//! HTTP request or the event), so the causal chain builds itself.
+
+mod consumer;
+mod outbox;
+mod rpc;
+mod subscribe;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::HeaderMap;
+use serde::Serialize;
+use shared_schemas::Subjects;
+use shared_schemas::events::EventEnvelope;
+
+use crate::causality;
+use crate::plugin::PluginId;
+use crate::tools::{DbError, Tool, Transaction};
+use crate::transport::{Message, Transport, TransportError};
+
+pub(crate) use consumer::start as start_subscription;
+pub(crate) use outbox::{OutboxRelay, ensure_outbox_table};
+pub use rpc::{RespondBuilder, RpcError};
+pub(crate) use rpc::{Responder, serve as serve_rpc};
+pub(crate) use subscribe::Subscription;
+pub use subscribe::{EventResult, SubscribeBuilder, SubscribeError};
+
+/// Publishes, subscribes and asks on behalf of one plugin.
+#[derive(Clone)]
+pub struct Bus {
+    transport: Arc<dyn Transport>,
+    subjects: Subjects,
+    emitter: Option<PluginId>,
+    declared: Arc<Mutex<Declared>>,
+}
+
+/// What the plugins declared in `on_boot`, for the service to run.
+#[derive(Default)]
+struct Declared {
+    subscriptions: Vec<Subscription>,
+    responders: Vec<Responder>,
+}
+
+impl Tool for Bus {
+    const NAME: &'static str = "bus";
+
+    fn for_plugin(&self, plugin: &PluginId) -> Self {
+        Self {
+            emitter: Some(plugin.clone()),
+            ..self.clone()
+        }
+    }
+}
+
+/// An event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event `{0}` could not be serialized: {1}")]
+    Serialize(String, #[source] serde_json::Error),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("event could not be staged in the outbox: {0}")]
+    Outbox(#[from] DbError),
+}
+
+impl Bus {
+    pub fn new(transport: Arc<dyn Transport>, subjects: Subjects) -> Self {
+        Self {
+            transport,
+            subjects,
+            emitter: None,
+            declared: Arc::default(),
+        }
+    }
+
+    /// Publishes `payload` as event `event` and returns its id once the
+    /// server has stored it.
+    pub async fn publish<P: Serialize>(
+        &self,
+        event: &str,
+        payload: &P,
+    ) -> Result<String, BusError> {
+        self.event(event).publish(payload).await
+    }
+
+    /// Stages `payload` as event `event` in `tx`: it is published after
+    /// the transaction commits, and never if it rolls back.
+    pub async fn publish_in<P: Serialize>(
+        &self,
+        tx: &mut Transaction,
+        event: &str,
+        payload: &P,
+    ) -> Result<String, BusError> {
+        self.event(event).publish_in(tx, payload).await
+    }
+
+    /// An event with options: an ordering key, headers.
+    pub fn event(&self, event: &str) -> Publication<'_> {
+        Publication {
+            bus: self,
+            event: event.to_owned(),
+            key: None,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    fn identity(&self) -> String {
+        self.emitter
+            .as_ref()
+            .map_or_else(|| "kernel".to_owned(), |p| p.as_str().to_owned())
+    }
+
+    fn declare(&self, change: impl FnOnce(&mut Declared)) {
+        change(&mut self.declared.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The subscriptions declared so far, taken for the service to run.
+    pub(crate) fn take_subscriptions(&self) -> Vec<Subscription> {
+        std::mem::take(
+            &mut self
+                .declared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .subscriptions,
+        )
+    }
+
+    /// The request-reply handlers declared so far, taken for the service
+    /// to register.
+    pub(crate) fn take_responders(&self) -> Vec<Responder> {
+        std::mem::take(
+            &mut self
+                .declared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .responders,
+        )
+    }
+
+    /// Forgets what a plugin declared: it did not boot.
+    pub(crate) fn remove_plugin(&self, plugin: &PluginId) {
+        self.declare(|d| {
+            d.subscriptions.retain(|s| &s.plugin != plugin);
+            d.responders.retain(|r| &r.plugin != plugin);
+        });
+    }
+}
+
+/// One event about to be published; see [`Bus::event`].
+#[must_use = "an event is published by `.publish()` or `.publish_in()`"]
+pub struct Publication<'a> {
+    bus: &'a Bus,
+    event: String,
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+impl Publication<'_> {
+    /// Events with the same key are handled in publish order.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Publishes now; returns the event id once the server stored it.
+    pub async fn publish<P: Serialize>(self, payload: &P) -> Result<String, BusError> {
+        let (id, body) = self.envelope(payload)?;
+        let subject = self.bus.subjects.event(&self.event);
+        self.bus
+            .transport
+            .publish_durable(&subject, &id, Message::new(HeaderMap::new(), body))
+            .await?;
+        Ok(id)
+    }
+
+    /// Stages the event in `tx`; see [`Bus::publish_in`].
+    pub async fn publish_in<P: Serialize>(
+        self,
+        tx: &mut Transaction,
+        payload: &P,
+    ) -> Result<String, BusError> {
+        let (id, body) = self.envelope(payload)?;
+        outbox::stage(tx, &id, &self.bus.subjects.event(&self.event), &body).await?;
+        Ok(id)
+    }
+
+    /// The envelope around `payload`, serialized, and its id.
+    fn envelope<P: Serialize>(&self, payload: &P) -> Result<(String, Vec<u8>), BusError> {
+        let envelope = envelope(&self.bus.identity(), &self.event, payload);
+        let envelope = EventEnvelope {
+            key: self.key.clone(),
+            headers: self.headers.clone(),
+            ..envelope
+        };
+        let body = serde_json::to_vec(&envelope)
+            .map_err(|e| BusError::Serialize(self.event.clone(), e))?;
+        Ok((envelope.id, body))
+    }
+}
+
+/// A fresh envelope for `payload`, caused by whatever the current task
+/// is handling.
+fn envelope<'p, P>(emitter: &str, event: &str, payload: &'p P) -> EventEnvelope<&'p P> {
+    let cause = causality::current();
+    EventEnvelope {
+        id: uuid::Uuid::new_v4().to_string(),
+        event: event.to_owned(),
+        payload,
+        emitter: emitter.to_owned(),
+        timestamp: crate::now_rfc3339(),
+        parent_id: cause.as_ref().map(|c| c.id.clone()),
+        correlation_id: cause.map(|c| c.correlation_id),
+        key: None,
+        headers: BTreeMap::new(),
+    }
+}

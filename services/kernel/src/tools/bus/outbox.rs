@@ -1,0 +1,157 @@
+//! The transactional outbox: an event staged in a database transaction is
+//! a row of `mc_outbox` written by that same transaction, so it exists if
+//! and only if the business rows do. A relay publishes committed rows to
+//! the durable stream and deletes them once the server has them.
+//!
+//! If the process dies between commit and relay, the rows wait for the
+//! next start. If it dies between publish and delete, the row is published
+//! again with the same event id and the server's de-duplication keeps one.
+//! Replicas relay side by side: each claims rows with `SKIP LOCKED`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use http::HeaderMap;
+use sqlx::Executor;
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::{Db, DbError, Transaction};
+use crate::transport::{Message, Transport, TransportError};
+
+/// Rows relayed per round trip.
+const BATCH: i64 = 256;
+
+/// How often the relay looks for rows nobody woke it for (staged by a
+/// replica, or left by a crash).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Wait after a failed relay before the next try.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The kernel's own table, in the service's schema beside its tables.
+pub(crate) async fn ensure_outbox_table(db: &Db) -> Result<(), DbError> {
+    db.pool()
+        .execute(
+            "CREATE TABLE IF NOT EXISTS mc_outbox (
+                position BIGSERIAL PRIMARY KEY,
+                id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                body TEXT NOT NULL,
+                staged_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes one event into the outbox of `tx`.
+pub(super) async fn stage(
+    tx: &mut Transaction,
+    id: &str,
+    subject: &str,
+    body: &[u8],
+) -> Result<(), DbError> {
+    // Envelopes are JSON, so always UTF-8.
+    let body = String::from_utf8_lossy(body);
+    sqlx::query("INSERT INTO mc_outbox (id, subject, body) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(subject)
+        .bind(body.as_ref())
+        .execute(&mut **tx)
+        .await?;
+    tx.staged_event();
+    Ok(())
+}
+
+/// Publishes what committed transactions staged.
+pub(crate) struct OutboxRelay {
+    pub db: Db,
+    pub transport: Arc<dyn Transport>,
+    /// How long a committed event waits before it is relayed: zero, but
+    /// for crash tests that need a window between commit and relay.
+    pub delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl OutboxRelay {
+    /// Relays what an earlier run left, then whatever commits, until
+    /// `stop` is cancelled; then once more, so that events committed during
+    /// the drain leave with the service.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.relay_all().await {
+                tracing::warn!(error = %e, "outbox relay failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => {},
+                    _ = tokio::time::sleep(RETRY) => {},
+                }
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {},
+                _ = self.db.events_committed() => {},
+                _ = tokio::time::sleep(POLL) => {},
+            }
+        }
+        if let Err(e) = self.relay_all().await {
+            tracing::warn!(error = %e, "outbox relay failed at shutdown; the events go out at the next start");
+        }
+    }
+
+    async fn relay_all(&self) -> Result<(), RelayError> {
+        while self.relay_batch().await? == BATCH {}
+        Ok(())
+    }
+
+    /// Claims, publishes and deletes one batch; returns how many rows.
+    async fn relay_batch(&self) -> Result<i64, RelayError> {
+        let mut tx = self.db.pool().begin().await.map_err(DbError::from)?;
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT position, id, subject, body FROM mc_outbox
+             WHERE staged_at <= now() - $2 * INTERVAL '1 millisecond'
+             ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .bind(i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let published = join_all(rows.iter().map(|(_, id, subject, body)| {
+            let message = Message::new(HeaderMap::new(), body.clone().into_bytes());
+            self.transport.publish_durable(subject, id, message)
+        }))
+        .await;
+        // Rows already published are published again with the same id on
+        // the next try; the server keeps one.
+        published.into_iter().collect::<Result<Vec<()>, _>>()?;
+
+        let mut positions = String::new();
+        for (i, (position, ..)) in rows.iter().enumerate() {
+            let separator = if i == 0 { "" } else { "," };
+            let _ = write!(positions, "{separator}{position}");
+        }
+        // Positions are integers read from the table, never input.
+        (&mut *tx)
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM mc_outbox WHERE position IN ({positions})"
+            )))
+            .await
+            .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(rows.len() as i64)
+    }
+}
