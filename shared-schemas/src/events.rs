@@ -36,6 +36,29 @@ pub struct OrderLine {
     pub quantity: i64,
 }
 
+/// `stock.reserved`: the stock of every line of an order is set aside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StockReserved {
+    pub order_id: i64,
+    pub lines: Vec<OrderLine>,
+}
+
+impl StockReserved {
+    pub const EVENT: &'static str = "stock.reserved";
+}
+
+/// `stock.shortage`: an order could not be reserved; nothing was set aside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StockShortage {
+    pub order_id: i64,
+    /// The first line that could not be served.
+    pub product_id: i64,
+}
+
+impl StockShortage {
+    pub const EVENT: &'static str = "stock.shortage";
+}
+
 /// `system.subscriber.dropped`: a subscriber failed for good on too many
 /// events in a row and stopped consuming on one instance. Its events stay
 /// in the stream until it is fixed and restarted.

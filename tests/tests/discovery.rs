@@ -54,8 +54,19 @@ async fn the_micro_protocol_describes_the_service_and_its_endpoints() {
     );
 
     let mut routes = BTreeSet::new();
+    let mut requests = BTreeSet::new();
     for endpoint in info["endpoints"].as_array().expect("INFO lists endpoints") {
         let name = endpoint["name"].as_str().expect("endpoints are named");
+        if let Some(request) = endpoint["metadata"]["rpc.name"].as_str() {
+            assert_eq!(
+                endpoint["subject"],
+                format!("mc.rpc.{request}"),
+                "{endpoint}"
+            );
+            assert_eq!(endpoint["queue_group"], "q", "{endpoint}");
+            requests.insert(request.to_owned());
+            continue;
+        }
         assert_eq!(
             endpoint["subject"],
             format!("mc.http.products.{name}"),
@@ -85,8 +96,10 @@ async fn the_micro_protocol_describes_the_service_and_its_endpoints() {
             "GET /products".to_owned(),
             "GET /products/{id}".to_owned(),
             "POST /products".to_owned(),
+            "PUT /products/{id}/stock".to_owned(),
         ])
     );
+    assert_eq!(requests, BTreeSet::from(["products.quote".to_owned()]));
 
     let stats = micro::stats(client, PRODUCTS, 1).await;
     assert_eq!(stats.len(), 1, "{stats:?}");
@@ -226,6 +239,7 @@ async fn replicas_of_a_service_share_its_routes_without_conflicts() {
             "GET /products".to_owned(),
             "GET /products/{id}".to_owned(),
             "POST /products".to_owned(),
+            "PUT /products/{id}/stock".to_owned(),
         ])
     );
     assert_eq!(

@@ -60,7 +60,10 @@ async fn creating_a_product_stores_it_announces_it_and_serves_it() {
     let id = created["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("the created product has an integer id: {reply}"));
-    assert_eq!(created, json!({"id": id, "name": "Teapot", "price": 12.5}));
+    assert_eq!(
+        created,
+        json!({"id": id, "name": "Teapot", "price": 12.5, "stock": 0})
+    );
 
     let row: (String, f64) =
         sqlx::query_as("SELECT name, price FROM products.products WHERE id = $1")
@@ -90,7 +93,7 @@ async fn creating_a_product_stores_it_announces_it_and_serves_it() {
     let fetched = system.http().get(&format!("/products/{id}")).await;
     assert_eq!(
         fetched.expect_success(StatusCode::OK),
-        json!({"id": id, "name": "Teapot", "price": 12.5})
+        json!({"id": id, "name": "Teapot", "price": 12.5, "stock": 0})
     );
 }
 
@@ -213,7 +216,7 @@ async fn the_catalogue_is_listed_in_pages() {
     );
     assert_eq!(
         first_page[0],
-        json!({"id": ids[0], "name": "seeded 0", "price": 0.5})
+        json!({"id": ids[0], "name": "seeded 0", "price": 0.5, "stock": 0})
     );
 
     let page = http

@@ -7,6 +7,9 @@ use shared_schemas::events::ProductCreated;
 pub struct CreateProductRequest {
     pub name: String,
     pub price: f64,
+    /// Units on hand; none if omitted.
+    #[serde(default)]
+    pub stock: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -14,6 +17,7 @@ pub struct ProductData {
     pub id: i64,
     pub name: String,
     pub price: f64,
+    pub stock: i64,
 }
 
 pub struct CreateProductPlugin {
@@ -27,7 +31,12 @@ impl Plugin for CreateProductPlugin {
     type Tools = (Db, Http, Bus, Logger);
 
     fn new((db, http, bus, logger): Self::Tools) -> Self {
-        Self { db, http, bus, logger }
+        Self {
+            db,
+            http,
+            bus,
+            logger,
+        }
     }
 
     async fn on_boot(self: Arc<Self>) -> Result<(), BootError> {
@@ -42,19 +51,27 @@ impl Plugin for CreateProductPlugin {
 }
 
 impl CreateProductPlugin {
-    async fn create(self: Arc<Self>, req: CreateProductRequest, _ctx: Context) -> HandlerResult<ProductData> {
+    /// The row and its `product.created` commit together: the event is
+    /// published if and only if the product exists.
+    async fn create(
+        self: Arc<Self>,
+        req: CreateProductRequest,
+        _ctx: Context,
+    ) -> HandlerResult<ProductData> {
         if req.name.trim().is_empty() {
             return Err(HandlerError::reject("the name must not be empty"));
         }
+        let mut tx = self.db.begin().await?;
         let product: ProductData = sqlx::query_as(
-            "INSERT INTO products (name, price) VALUES ($1, $2) RETURNING id, name, price",
+            "INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) RETURNING id, name, price, stock",
         )
         .bind(&req.name)
         .bind(req.price)
-        .fetch_one(self.db.pool())
+        .bind(req.stock)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| match DbError::from(e) {
-            e if e.kind() == DbErrorKind::Check => HandlerError::reject("the price must not be negative"),
+            e if e.kind() == DbErrorKind::Check => HandlerError::reject("the price and the stock must not be negative"),
             e => {
                 self.logger.error(format_args!("could not insert the product: {e}"));
                 HandlerError::reject("could not create the product")
@@ -66,9 +83,10 @@ impl CreateProductPlugin {
             name: product.name.clone(),
             price: product.price,
         };
-        if let Err(e) = self.bus.publish(ProductCreated::EVENT, &event).await {
-            self.logger.error(format_args!("product {} created, event not published: {e}", product.id));
-        }
+        self.bus
+            .publish_in(&mut tx, ProductCreated::EVENT, &event)
+            .await?;
+        tx.commit().await?;
         Ok(product)
     }
 }

@@ -12,6 +12,7 @@ pub struct Product {
     pub id: i64,
     pub name: String,
     pub price: f64,
+    pub stock: i64,
 }
 
 pub struct GetProductPlugin {
@@ -38,7 +39,7 @@ impl Plugin for GetProductPlugin {
 
 impl GetProductPlugin {
     async fn get(self: Arc<Self>, req: GetProductRequest, ctx: Context) -> HandlerResult<Product> {
-        let product = sqlx::query_as("SELECT id, name, price FROM products WHERE id = $1")
+        let product = sqlx::query_as("SELECT id, name, price, stock FROM products WHERE id = $1")
             .bind(req.id)
             .fetch_optional(self.db.pool())
             .await?;

@@ -18,6 +18,7 @@ pub struct ProductSummary {
     pub id: i64,
     pub name: String,
     pub price: f64,
+    pub stock: i64,
 }
 
 pub struct ListProductsPlugin {
@@ -43,7 +44,11 @@ impl Plugin for ListProductsPlugin {
 }
 
 impl ListProductsPlugin {
-    async fn list(self: Arc<Self>, req: ListProductsRequest, _ctx: Context) -> HandlerResult<Vec<ProductSummary>> {
+    async fn list(
+        self: Arc<Self>,
+        req: ListProductsRequest,
+        _ctx: Context,
+    ) -> HandlerResult<Vec<ProductSummary>> {
         let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
         let offset = req.offset.unwrap_or(0);
         if !(1..=MAX_LIMIT).contains(&limit) || offset < 0 {
@@ -51,11 +56,13 @@ impl ListProductsPlugin {
                 "limit must be between 1 and {MAX_LIMIT} and offset must not be negative"
             )));
         }
-        let page = sqlx::query_as("SELECT id, name, price FROM products ORDER BY id LIMIT $1 OFFSET $2")
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(self.db.pool())
-            .await?;
+        let page = sqlx::query_as(
+            "SELECT id, name, price, stock FROM products ORDER BY id LIMIT $1 OFFSET $2",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await?;
         Ok(page)
     }
 }
