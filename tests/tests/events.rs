@@ -464,3 +464,43 @@ async fn an_event_committed_before_a_crash_is_delivered_once_after_restart() {
     assert_eq!(system.db().count("probe.mc_outbox").await, 0);
     assert_eq!(system.db().count("probe.writes").await, 1);
 }
+
+#[tokio::test]
+async fn a_stopping_instance_finishes_the_events_it_holds_and_leaves_the_rest() {
+    let system = System::start().await;
+    let env = [("PROBE_CONCURRENCY", "2")];
+    let mut a = start_probe(&system, "a", &env).await;
+    let _b = start_probe(&system, "b", &env).await;
+    let streams = system.streams();
+
+    let mut published = BTreeSet::new();
+    for seq in 0..30 {
+        published.insert(
+            streams
+                .publish("probe.work", &json!({"seq": seq, "sleep_ms": 100}))
+                .await,
+        );
+    }
+    wait::poll(wait::PROMPT, || async {
+        let rows = handled(&system, "worker.probe.work").await;
+        rows.iter()
+            .any(|(_, instance, _)| instance == "a")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| system.fail("instance a handled nothing"));
+    let status = a.terminate().await;
+    assert!(status.success(), "a stops cleanly: {status}");
+
+    // An instance holds no more events than it is handling, so nothing
+    // waits for the ack wait (30 s) to pass.
+    let all = wait::poll(Duration::from_secs(12), || async {
+        let rows = handled(&system, "worker.probe.work").await;
+        (ids(&rows) == published).then_some(rows)
+    })
+    .await
+    .unwrap_or_else(|| system.fail("the events were not all handled after a stopped"));
+    settle().await;
+    assert_eq!(handled(&system, "worker.probe.work").await.len(), all.len());
+    assert_eq!(all.len(), 30, "nothing handled twice");
+}

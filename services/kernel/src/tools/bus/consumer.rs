@@ -62,6 +62,9 @@ pub(crate) async fn start(
             Audience::Broadcast => ConsumerMode::Broadcast,
         },
         ack_wait: ACK_WAIT,
+        // Each lane holds one event in hand and one queued: an instance
+        // never sits on events it is not about to handle, so a stopping one
+        // leaves nothing behind for the ack wait.
         max_in_flight: subscription.concurrency * 2,
     };
     let deliveries = bus.transport.consume(spec).await?;
