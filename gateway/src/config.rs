@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use microcore::config::{ConfigError, parse};
+use microcore::config::{ConfigError, auth_secret, parse};
 use shared_schemas::subjects::DEFAULT_PREFIX;
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,10 @@ pub struct GatewayConfig {
     /// `MC_ROUTE_RETENTION_SECS`: how long the routes of a service with no
     /// live instance answer 503 before they are forgotten (404), default 300.
     pub route_retention: Duration,
+    /// `MC_AUTH_SECRET`: verifies the access tokens of authenticated
+    /// routes (the services that issue tokens share it). Unset: those
+    /// routes are refused.
+    pub auth_secret: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -35,6 +39,7 @@ impl Default for GatewayConfig {
             body_limit: 512 * 1024,
             discovery_interval: Duration::from_secs(5),
             route_retention: Duration::from_secs(300),
+            auth_secret: None,
         }
     }
 }
@@ -64,6 +69,7 @@ impl GatewayConfig {
             route_retention: parse(&lookup, "MC_ROUTE_RETENTION_SECS")?
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.route_retention),
+            auth_secret: auth_secret(&lookup)?,
         })
     }
 }

@@ -264,6 +264,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             timeout_ms: 1000,
+            auth: false,
             operation: serde_json::json!({"operationId": name}),
             schemas: Default::default(),
         };

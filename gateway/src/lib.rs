@@ -7,6 +7,7 @@
 //! [`Transport`](microcore::transport::Transport), so it runs the same
 //! beside services in one process or in front of a fleet over NATS.
 
+mod auth;
 pub mod config;
 pub mod discovery;
 mod docs;
@@ -23,6 +24,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use http::{HeaderValue, StatusCode};
+use std::time::Duration;
+
+use microcore::tools::{Auth, AuthError};
 use microcore::transport::{Transport, TransportError};
 use serde_json::json;
 use shared_schemas::Subjects;
@@ -39,6 +43,15 @@ use crate::proxy::Proxy;
 /// The longest client `X-Request-ID` kept; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 200;
 
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("MC_AUTH_SECRET: {0}")]
+    Auth(#[from] AuthError),
+}
+
 /// A gateway with discovery running.
 pub struct Gateway {
     proxy: Arc<Proxy>,
@@ -51,7 +64,7 @@ impl Gateway {
     pub async fn start(
         config: &GatewayConfig,
         transport: Arc<dyn Transport>,
-    ) -> Result<Self, TransportError> {
+    ) -> Result<Self, GatewayError> {
         let (routes, discovery) = discovery::start(
             transport.clone(),
             Subjects::new(&config.subject_prefix),
@@ -59,9 +72,15 @@ impl Gateway {
             config.route_retention,
         )
         .await?;
+        let auth = config
+            .auth_secret
+            .as_deref()
+            .map(|secret| Auth::new(secret.as_bytes(), Duration::ZERO))
+            .transpose()?;
         let proxy = Arc::new(Proxy {
             transport,
             routes,
+            auth,
             body_limit: config.body_limit,
         });
         Ok(Self { proxy, discovery })

@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value, json};
 
+use shared_schemas::auth::OPENAPI_SCHEME;
+
 use crate::routes::{Claim, Conflict};
 
 /// The document for `claims` (the routes of live services), and the schema
@@ -48,7 +50,12 @@ pub fn merge<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Value, Vec<Con
             "description": "Every endpoint of every live service, routed by the gateway.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                OPENAPI_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
     });
     (document, conflicts)
 }
@@ -69,6 +76,7 @@ mod tests {
                 method: method.into(),
                 path: path.into(),
                 timeout_ms: 1000,
+                auth: false,
                 operation: json!({"operationId": format!("{service}_{method}")}),
                 schemas,
             },

@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use microcore::tools::Auth;
 use microcore::transport::{Message, RequestError, Transport};
 use percent_encoding::percent_decode_str;
 use shared_schemas::http as wire;
 
+use crate::auth;
 use crate::discovery::Shared;
 use crate::envelope;
 use crate::routes::Lookup;
@@ -23,6 +25,8 @@ use crate::routes::Lookup;
 pub struct Proxy {
     pub transport: Arc<dyn Transport>,
     pub routes: Shared,
+    /// Verifies access tokens; `None` without `MC_AUTH_SECRET`.
+    pub auth: Option<Auth>,
     pub body_limit: usize,
 }
 
@@ -47,6 +51,15 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
                 format!("no route for {} {path}", parts.method),
             );
         }
+    };
+
+    let user = if target.auth {
+        match auth::authenticate(proxy.auth.as_ref(), &parts) {
+            Ok(claims) => Some(claims),
+            Err(refused) => return refused.into_response(),
+        }
+    } else {
+        None
     };
 
     let too_large = || {
@@ -101,6 +114,12 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     }
     if let Some(query) = parts.uri.query() {
         headers.insert(HeaderName::from_static("mc-query"), value(query));
+    }
+    if let Some(claims) = user {
+        headers.insert(
+            HeaderName::from_static("mc-auth"),
+            value(&claims.to_header()),
+        );
     }
 
     match proxy

@@ -22,6 +22,8 @@ pub struct Target {
     /// The route template, e.g. `/products/{id}`.
     pub route: String,
     pub timeout: Duration,
+    /// Requests need a verified access token.
+    pub auth: bool,
 }
 
 /// One endpoint a service announced, in the order services were first seen.
@@ -144,6 +146,7 @@ impl RouteTable {
                 subject: claim.subject,
                 route: path,
                 timeout: Duration::from_millis(claim.endpoint.timeout_ms),
+                auth: claim.endpoint.auth,
             }),
         ));
     }
@@ -181,6 +184,7 @@ mod tests {
                 method: method.into(),
                 path: path.into(),
                 timeout_ms: 1000,
+                auth: false,
                 operation: serde_json::json!({}),
                 schemas: Default::default(),
             },

@@ -15,6 +15,9 @@ pub mod meta {
     pub const PATH: &str = "http.path";
     /// How long the gateway waits for the reply, in milliseconds.
     pub const TIMEOUT_MS: &str = "http.timeout_ms";
+    /// `bearer` when the endpoint needs a verified access token; absent
+    /// for public endpoints.
+    pub const AUTH: &str = "http.auth";
     /// The OpenAPI operation object, JSON.
     pub const OPERATION: &str = "openapi.operation";
     /// The OpenAPI component schemas the operation refers to, JSON object.
@@ -65,6 +68,9 @@ pub struct HttpEndpoint {
     pub method: String,
     pub path: String,
     pub timeout_ms: u64,
+    /// The gateway admits only requests with a valid access token and
+    /// forwards their claims.
+    pub auth: bool,
     pub operation: serde_json::Value,
     pub schemas: serde_json::Map<String, serde_json::Value>,
 }
@@ -83,7 +89,7 @@ impl std::error::Error for MetadataError {}
 
 impl HttpEndpoint {
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut metadata = HashMap::from([
             (meta::METHOD.to_owned(), self.method.clone()),
             (meta::PATH.to_owned(), self.path.clone()),
             (meta::TIMEOUT_MS.to_owned(), self.timeout_ms.to_string()),
@@ -92,7 +98,11 @@ impl HttpEndpoint {
                 meta::SCHEMAS.to_owned(),
                 serde_json::Value::Object(self.schemas.clone()).to_string(),
             ),
-        ])
+        ]);
+        if self.auth {
+            metadata.insert(meta::AUTH.to_owned(), "bearer".to_owned());
+        }
+        metadata
     }
 
     /// Reads endpoint metadata; `Ok(None)` for an endpoint that is not an
@@ -127,10 +137,22 @@ impl HttpEndpoint {
                 )));
             }
         };
+        let auth = match metadata.get(meta::AUTH).map(String::as_str) {
+            None => false,
+            Some("bearer") => true,
+            // Never serve a route unprotected because its scheme is unknown.
+            Some(other) => {
+                return Err(MetadataError(format!(
+                    "`{}`: unknown scheme `{other}`",
+                    meta::AUTH
+                )));
+            }
+        };
         Ok(Some(Self {
             method: method.clone(),
             path: path.clone(),
             timeout_ms,
+            auth,
             operation: json(meta::OPERATION)?,
             schemas,
         }))
@@ -155,6 +177,7 @@ mod tests {
             method: "GET".into(),
             path: "/products/{id}".into(),
             timeout_ms: 5000,
+            auth: true,
             operation: serde_json::json!({"operationId": "get_product"}),
             schemas: serde_json::Map::new(),
         };
@@ -170,6 +193,17 @@ mod tests {
             (meta::PATH.to_owned(), "/x".to_owned()),
         ]);
         assert!(HttpEndpoint::from_metadata(&broken).is_err());
+        let mut unknown_scheme = HttpEndpoint {
+            method: "GET".into(),
+            path: "/x".into(),
+            timeout_ms: 1,
+            auth: false,
+            operation: serde_json::json!({}),
+            schemas: serde_json::Map::new(),
+        }
+        .to_metadata();
+        unknown_scheme.insert(meta::AUTH.to_owned(), "basic".to_owned());
+        assert!(HttpEndpoint::from_metadata(&unknown_scheme).is_err());
     }
 
     #[test]

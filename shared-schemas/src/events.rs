@@ -16,6 +16,18 @@ impl ProductCreated {
     pub const EVENT: &'static str = "product.created";
 }
 
+/// `user.created`: an account was registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserCreated {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+}
+
+impl UserCreated {
+    pub const EVENT: &'static str = "user.created";
+}
+
 /// `order.placed`: an order was stored; its stock should be reserved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderPlaced {

@@ -21,6 +21,10 @@ pub const PATH_PARAMS: &str = "Mc-Path-Params";
 pub const QUERY: &str = "Mc-Query";
 /// Request and reply: the request id, the root of the causal chain.
 pub const REQUEST_ID: &str = "X-Request-ID";
+/// Request: the verified claims of the caller's access token
+/// ([`Claims::to_header`](crate::auth::Claims::to_header)), set by the
+/// gateway on authenticated routes only.
+pub const AUTH: &str = "Mc-Auth";
 /// Reply: the HTTP status code.
 pub const STATUS: &str = "Mc-Status";
 

@@ -9,6 +9,7 @@
 //! The contract is versioned by [`WIRE_VERSION`]: a breaking change to any
 //! shape here bumps it.
 
+pub mod auth;
 pub mod discovery;
 pub mod envelope;
 pub mod events;

@@ -1,11 +1,11 @@
 //! The workspace binaries under test, built on demand.
 //!
-//! The suites run the real `gateway` and `products` executables. Cargo does
+//! The suites run the real `gateway` and domain service executables. Cargo does
 //! not build another package's binaries for a test, so the harness asks
 //! Cargo itself, once per test process:
 //!
 //! ```text
-//! cargo build --bins -p gateway -p products [--release] --message-format=json-render-diagnostics
+//! cargo build --bins -p gateway -p products -p users … [--release] --message-format=json-render-diagnostics
 //! ```
 //!
 //! and reads the executables' paths from Cargo's own artifact messages, so
@@ -27,15 +27,15 @@ use serde::Deserialize;
 
 use crate::logs;
 
-/// Packages whose binaries every suite needs; built together.
-const SYSTEM_PACKAGES: &[&str] = &["gateway", "products"];
+/// The gateway and every domain service; built together.
+const SYSTEM_PACKAGES: &[&str] = &["gateway", "products", "users", "orders", "notifications"];
 
 /// The package that builds binary `name`: the system's own, the all-in-one
 /// `microcore` of the root package, or this crate's helpers (such as the
 /// benchmark's `bench-echo`).
 fn packages_of(name: &str) -> &'static [&'static str] {
     match name {
-        "gateway" | "products" => SYSTEM_PACKAGES,
+        "gateway" | "products" | "users" | "orders" | "notifications" => SYSTEM_PACKAGES,
         "microcore" => &["microcore-app"],
         _ => &["microcore-e2e"],
     }

@@ -28,6 +28,12 @@ pub struct ServiceConfig {
     /// `MC_OUTBOX_RELAY_DELAY_MS`: wait between a commit and the relay of
     /// its events, default 0. Only crash tests want a wider window.
     pub outbox_relay_delay: Duration,
+    /// `MC_AUTH_SECRET`: the key access tokens are signed with (at least 32
+    /// bytes), shared with the gateway. Unset: no `auth` tool.
+    pub auth_secret: Option<String>,
+    /// `MC_AUTH_TOKEN_TTL_SECS`: how long an issued token is valid,
+    /// default 3600.
+    pub auth_token_ttl: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -41,6 +47,8 @@ impl Default for ServiceConfig {
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             outbox_relay_delay: Duration::ZERO,
+            auth_secret: None,
+            auth_token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -80,7 +88,30 @@ impl ServiceConfig {
             outbox_relay_delay: parse(&lookup, "MC_OUTBOX_RELAY_DELAY_MS")?
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.outbox_relay_delay),
+            auth_secret: auth_secret(&lookup)?,
+            auth_token_ttl: parse(&lookup, "MC_AUTH_TOKEN_TTL_SECS")?
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.auth_token_ttl),
         })
+    }
+}
+
+/// `MC_AUTH_SECRET`, refused at boot when too short to sign with.
+pub fn auth_secret(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    const NAME: &str = "MC_AUTH_SECRET";
+    match lookup(NAME).filter(|s| !s.is_empty()) {
+        Some(secret) if secret.len() < crate::tools::MIN_SECRET_LEN => Err(ConfigError {
+            name: NAME,
+            // Never echo a secret, even a bad one.
+            value: "<hidden>".into(),
+            reason: format!(
+                "it must be at least {} bytes long",
+                crate::tools::MIN_SECRET_LEN
+            ),
+        }),
+        secret => Ok(secret),
     }
 }
 
@@ -119,5 +150,15 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.name, "MC_REQUEST_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn a_short_auth_secret_fails_early_without_being_echoed() {
+        let err = ServiceConfig::from_lookup(|name| {
+            (name == "MC_AUTH_SECRET").then(|| "hunter2".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "MC_AUTH_SECRET");
+        assert!(!err.to_string().contains("hunter2"));
     }
 }

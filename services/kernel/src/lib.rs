@@ -43,6 +43,7 @@ pub mod prelude {
     pub use shared_schemas::events::EventEnvelope;
 
     pub use crate::tools::{
-        Bus, Db, DbError, DbErrorKind, EventResult, Logger, RpcError, Transaction,
+        Auth, Bus, Db, DbError, DbErrorKind, EventResult, Logger, RpcError, Transaction,
     };
+    pub use shared_schemas::auth::Claims;
 }

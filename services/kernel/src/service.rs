@@ -21,7 +21,7 @@ use crate::domain::Domain;
 use crate::http::{self, Http, Route};
 use crate::plugin::{BootError, DynPlugin, PluginId, PluginState};
 use crate::tools::bus::{self, Bus};
-use crate::tools::{Db, DbError, Logger, Tool, ToolCollision, Toolbox};
+use crate::tools::{Auth, AuthError, Db, DbError, Logger, Tool, ToolCollision, Toolbox};
 use crate::transport::{
     Deregister, Incoming, NatsTransport, ServiceSpec, Transport, TransportError,
 };
@@ -37,6 +37,8 @@ pub enum ServiceError {
     Db(#[from] DbError),
     #[error(transparent)]
     Tools(#[from] ToolCollision),
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
 }
 
 /// A domain about to become a running service.
@@ -106,6 +108,9 @@ impl Service {
             .insert(bus.clone())?
             .insert(http.clone())?
             .insert(Logger::new())?;
+        if let Some(secret) = &config.auth_secret {
+            tools.insert(Auth::new(secret.as_bytes(), config.auth_token_ttl)?)?;
+        }
 
         let mut plugins = Vec::new();
         let mut states = Vec::new();
@@ -255,6 +260,7 @@ fn endpoint_info(subjects: &Subjects, service: &str, route: &Route) -> EndpointI
         method: route.method.to_string(),
         path: route.path.clone(),
         timeout_ms: route.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+        auth: route.auth,
         operation: route.operation.clone(),
         schemas: route.schemas.clone(),
     };

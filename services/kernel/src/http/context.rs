@@ -1,11 +1,15 @@
 //! The handler's view of its request beyond the data: who asked (request
-//! id, headers) and how to shape the answer (status, headers).
+//! id, verified identity, headers) and how to shape the answer (status,
+//! headers, cookies).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use cookie::{Cookie, SameSite};
 use http::header::{InvalidHeaderName, InvalidHeaderValue};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use shared_schemas::auth::Claims;
+
+use super::HandlerError;
 
 /// Handed to every handler. Cheap to clone; the kernel keeps a clone to
 /// read back the status and headers the handler set.
@@ -17,6 +21,7 @@ pub struct Context {
 #[derive(Debug)]
 struct Inner {
     request_id: String,
+    user: Option<Claims>,
     headers: HeaderMap,
     reply: Mutex<ReplyParts>,
 }
@@ -38,10 +43,11 @@ pub enum InvalidHeader {
 }
 
 impl Context {
-    pub(crate) fn new(request_id: String, headers: HeaderMap) -> Self {
+    pub(crate) fn new(request_id: String, user: Option<Claims>, headers: HeaderMap) -> Self {
         Self {
             inner: Arc::new(Inner {
                 request_id,
+                user,
                 headers,
                 reply: Mutex::default(),
             }),
@@ -52,6 +58,15 @@ impl Context {
     /// chain of everything this request publishes.
     pub fn request_id(&self) -> &str {
         &self.inner.request_id
+    }
+
+    /// The verified identity of the caller: the claims of the access token
+    /// the gateway checked. Only endpoints declared `.authenticated()` have
+    /// one; elsewhere this is a 401, whatever the client sent.
+    pub fn user(&self) -> Result<&Claims, HandlerError> {
+        self.inner.user.as_ref().ok_or_else(|| {
+            HandlerError::with_status(StatusCode::UNAUTHORIZED, "authentication required")
+        })
     }
 
     /// A request header the client sent (hop-by-hop headers excluded).
@@ -120,7 +135,7 @@ mod tests {
 
     #[test]
     fn cookies_get_secure_defaults_unless_set() {
-        let ctx = Context::new("r".into(), HeaderMap::new());
+        let ctx = Context::new("r".into(), None, HeaderMap::new());
         ctx.set_cookie(Cookie::new("session", "abc")).unwrap();
         let mut relaxed = Cookie::new("theme", "dark");
         relaxed.set_http_only(false);

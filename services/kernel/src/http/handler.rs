@@ -1,13 +1,15 @@
 //! Serving one request: wire metadata in, envelope out. Invalid input never
-//! reaches the handler (422); a panic or internal error is a generic 500
-//! with the cause in the log; a handler past its timeout is abandoned
-//! (504).
+//! reaches the handler (422); neither does an authenticated route's request
+//! without the gateway's verified claims (401); a panic or internal error is
+//! a generic 500 with the cause in the log; a handler past its timeout is
+//! abandoned (504).
 
 use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use shared_schemas::auth::Claims;
 use shared_schemas::{ApiResponse, http as wire};
 use tracing::Instrument;
 
@@ -38,7 +40,23 @@ async fn answer(route: &Route, request: &Message) -> Message {
         params,
         body: &request.body,
     };
-    let ctx = Context::new(request_id.clone(), client_headers(headers));
+    // Claims are read on authenticated routes only, so nothing can lend
+    // an identity to a public one.
+    let user = if route.auth {
+        match text(headers, wire::AUTH).map(Claims::from_header) {
+            Some(Ok(claims)) => Some(claims),
+            invalid => {
+                if let Some(Err(e)) = invalid {
+                    tracing::warn!(plugin = %route.plugin, error = %e, "unreadable claims from the gateway");
+                }
+                let body = ApiResponse::<()>::error("authentication required");
+                return envelope(StatusCode::UNAUTHORIZED, &body, Default::default());
+            }
+        }
+    } else {
+        None
+    };
+    let ctx = Context::new(request_id.clone(), user, client_headers(headers));
 
     let span = tracing::info_span!(
         "request",

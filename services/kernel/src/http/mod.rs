@@ -115,6 +115,8 @@ pub(crate) struct Route {
     pub path: String,
     pub timeout: Duration,
     pub success: StatusCode,
+    /// Only requests with a verified access token reach the handler.
+    pub auth: bool,
     pub operation: serde_json::Value,
     pub schemas: serde_json::Map<String, serde_json::Value>,
     handler: Handler,
@@ -179,6 +181,7 @@ impl Http {
             description: None,
             timeout: self.default_timeout,
             success: StatusCode::OK,
+            auth: false,
         }
     }
 
@@ -226,6 +229,7 @@ pub struct RouteBuilder<'a> {
     description: Option<String>,
     timeout: Duration,
     success: StatusCode,
+    auth: bool,
 }
 
 impl RouteBuilder<'_> {
@@ -260,6 +264,14 @@ impl RouteBuilder<'_> {
     /// applied; the handler's context can still override it.
     pub fn status(mut self, status: StatusCode) -> Self {
         self.success = status;
+        self
+    }
+
+    /// Admits only callers with a valid access token: the gateway answers
+    /// 401 to the others, and the handler reads the verified claims with
+    /// [`Context::user`]. The docs page shows the endpoint as protected.
+    pub fn authenticated(mut self) -> Self {
+        self.auth = true;
         self
     }
 
@@ -341,6 +353,7 @@ impl RouteBuilder<'_> {
             summary: self.summary.as_deref(),
             description: self.description.as_deref(),
             success: self.success,
+            auth: self.auth,
         };
         let (operation, schemas) = doc.build::<Req, Res>();
         self.http.add(Route {
@@ -350,6 +363,7 @@ impl RouteBuilder<'_> {
             path: self.path,
             timeout: self.timeout,
             success: self.success,
+            auth: self.auth,
             operation,
             schemas,
             handler,

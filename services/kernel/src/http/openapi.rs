@@ -6,6 +6,7 @@
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use shared_schemas::FieldError;
+use shared_schemas::auth::OPENAPI_SCHEME as BEARER_SCHEME;
 use utoipa::ToSchema;
 
 use super::path_params;
@@ -21,6 +22,7 @@ pub(super) struct Operation<'a> {
     pub summary: Option<&'a str>,
     pub description: Option<&'a str>,
     pub success: StatusCode,
+    pub auth: bool,
 }
 
 impl Operation<'_> {
@@ -89,6 +91,9 @@ impl Operation<'_> {
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
         }
+        if self.auth {
+            operation["security"] = json!([{ BEARER_SCHEME: [] }]);
+        }
         if let Some(summary) = self.summary {
             operation["summary"] = summary.into();
         }
@@ -126,6 +131,9 @@ impl Operation<'_> {
         });
         if has_path_params {
             responses["404"] = error("Not found");
+        }
+        if self.auth {
+            responses["401"] = error("Missing, invalid or expired access token");
         }
         responses
     }
@@ -207,6 +215,7 @@ mod tests {
             summary: None,
             description: None,
             success: StatusCode::OK,
+            auth: false,
         }
     }
 
@@ -227,6 +236,19 @@ mod tests {
         assert!(components.contains_key("Thing"));
         assert!(components.contains_key("ErrorResponse"));
         assert!(operation["responses"]["404"].is_object());
+    }
+
+    #[test]
+    fn protected_operations_name_the_bearer_scheme_and_document_401() {
+        let (public, _) = op(&Method::GET, "/things").build::<GetThing, Thing>();
+        assert!(public.get("security").is_none());
+        let protected = Operation {
+            auth: true,
+            ..op(&Method::GET, "/things")
+        };
+        let (operation, _) = protected.build::<GetThing, Thing>();
+        assert_eq!(operation["security"][0][BEARER_SCHEME], json!([]));
+        assert!(operation["responses"]["401"].is_object());
     }
 
     #[test]

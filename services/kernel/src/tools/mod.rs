@@ -1,8 +1,9 @@
 //! Tools are what plugins are given instead of looking things up: the
-//! database, the bus, HTTP registration, the logger. A plugin names the
+//! database, the bus, HTTP registration, the logger, access tokens. A plugin names the
 //! tools it needs as a tuple type; the kernel injects them, or marks the
 //! plugin dead with the name of the tool that is missing.
 
+mod auth;
 pub(crate) mod bus;
 mod db;
 mod logger;
@@ -12,6 +13,7 @@ use std::any::{Any, TypeId, type_name};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use auth::{AccessToken, Auth, AuthError, MIN_SECRET_LEN};
 pub use bus::{
     Bus, BusError, EventResult, Publication, RespondBuilder, RpcError, SubscribeBuilder,
     SubscribeError,

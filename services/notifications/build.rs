@@ -1,0 +1,3 @@
+fn main() {
+    microcore_build::discover_plugins();
+}
