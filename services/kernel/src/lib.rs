@@ -34,7 +34,7 @@ pub(crate) fn now_rfc3339() -> String {
 pub mod prelude {
     pub use std::sync::Arc;
 
-    pub use http::StatusCode;
+    pub use http::{Method, StatusCode};
     pub use serde::{Deserialize, Serialize};
     pub use utoipa::ToSchema;
 
