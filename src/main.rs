@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release` starts it with the configuration of the
 //! environment (`NATS_URL`, `DATABASE_URL`, `MC_HTTP_ADDR` …); each domain
-//! still owns its own schema in the database.
+//! still owns its own schema in the database. The gateway and the services
+//! share one `MC_AUTH_SECRET`, random for the process when unset.
 
 use std::sync::Arc;
 
@@ -16,15 +17,33 @@ use shared_schemas::Subjects;
 
 /// Every domain of the application.
 fn domains() -> Vec<Domain> {
-    vec![products::domain()]
+    vec![
+        products::domain(),
+        users::domain(),
+        orders::domain(),
+        notifications::domain(),
+    ]
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     microcore::telemetry::init_logging();
-    let config = ServiceConfig::from_env()?;
-    let gateway_config = GatewayConfig::from_env()?;
+    let mut config = ServiceConfig::from_env()?;
+    let mut gateway_config = GatewayConfig::from_env()?;
+    if config.auth_secret.is_none() {
+        // One process signs and verifies, so a key of its own will do; the
+        // tokens it issues end with it.
+        tracing::warn!(
+            "MC_AUTH_SECRET is not set: access tokens are valid until this process stops"
+        );
+        config.auth_secret = Some(format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ));
+    }
+    gateway_config.auth_secret = config.auth_secret.clone();
 
     let transport: Arc<dyn Transport> = Arc::new(
         NatsTransport::connect(

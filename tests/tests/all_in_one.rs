@@ -1,14 +1,16 @@
 //! The all-in-one binary (`cargo run` at the workspace root): the gateway and
-//! every domain in one process must serve the same API as the separate
-//! processes do.
+//! every domain in one process must serve the same system as the separate
+//! processes do, events and authentication included.
+
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use microcore_e2e::{System, wait};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
-async fn the_all_in_one_binary_serves_the_products_api() {
+async fn the_all_in_one_binary_serves_every_domain() {
     let mut system = System::start().await;
     system.start_all_in_one().await;
     system.wait_until_routable().await;
@@ -18,20 +20,18 @@ async fn the_all_in_one_binary_serves_the_products_api() {
 
     let created = system
         .http()
-        .post_json("/products", &json!({"name": "Lamp", "price": 20.0}))
+        .post_json(
+            "/products",
+            &json!({"name": "Lamp", "price": 20.0, "stock": 3}),
+        )
         .await
         .expect_success(StatusCode::CREATED);
     let id = created["id"].as_i64().expect("an integer id");
-    assert_eq!(created, json!({"id": id, "name": "Lamp", "price": 20.0}));
+    assert_eq!(
+        created,
+        json!({"id": id, "name": "Lamp", "price": 20.0, "stock": 3})
+    );
     assert_eq!(system.product_count().await, 1);
-
-    let fetched = system
-        .http()
-        .get(&format!("/products/{id}"))
-        .await
-        .expect_success(StatusCode::OK);
-    assert_eq!(fetched, created);
-
     let event = match tokio::time::timeout(wait::PROMPT, events.next()).await {
         Ok(Some(message)) => serde_json::from_slice::<serde_json::Value>(&message.payload)
             .expect("the event is JSON"),
@@ -39,8 +39,62 @@ async fn the_all_in_one_binary_serves_the_products_api() {
     };
     assert_eq!(event["payload"]["id"], id, "{event}");
 
+    // Without MC_AUTH_SECRET the process signs its own tokens.
+    let http = system.http();
+    let account = json!({"email": "ada@example.com", "password": "correct horse", "name": "Ada"});
+    http.post_json("/users", &account)
+        .await
+        .expect_success(StatusCode::CREATED);
+    let login = http
+        .post_json(
+            "/auth/login",
+            &json!({"email": "ada@example.com", "password": "correct horse"}),
+        )
+        .await
+        .expect_success(StatusCode::OK);
+    let token = login["access_token"].as_str().expect("a token");
+    let order = http
+        .send(
+            http.request(Method::POST, "/orders")
+                .bearer_auth(token)
+                .json(&json!({"lines": [{"product_id": id, "quantity": 2}]})),
+        )
+        .await
+        .expect_success(StatusCode::CREATED);
+    assert_eq!(order["total"], 40.0);
+
+    let notified = system
+        .wait_for(
+            "the welcome and the order notifications",
+            Duration::from_secs(15),
+            || async {
+                let reply = http
+                    .send(
+                        http.request(Method::GET, "/notifications")
+                            .bearer_auth(token),
+                    )
+                    .await;
+                let list = reply.json()["data"].as_array().cloned().unwrap_or_default();
+                (list.len() == 2).then_some(list)
+            },
+        )
+        .await;
+    assert!(
+        notified[1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Welcome"),
+        "{notified:?}"
+    );
+
     let doc = system.http().get("/openapi.json").await.json();
-    for path in ["/products", "/products/{id}"] {
+    for path in [
+        "/products",
+        "/products/{id}",
+        "/users/me",
+        "/orders",
+        "/notifications",
+    ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} is documented: {doc}"
