@@ -1,17 +1,20 @@
-//! The composition root: the gateway and every domain in one process,
-//! sharing one bus connection. The only crate that depends on every domain.
+//! The composition root: the gateway and every domain in one process. The
+//! only crate that depends on every domain.
 //!
-//! `cargo run --release` starts it with the configuration of the
-//! environment (`NATS_URL`, `DATABASE_URL`, `MC_HTTP_ADDR` …); each domain
-//! still owns its own schema in the database. The gateway and the services
-//! share one `MC_AUTH_SECRET`, random for the process when unset.
+//! `cargo run --release` needs nothing installed: the services talk over
+//! the in-process transport and each keeps its tables in its own SQLite
+//! file under `MC_DATA_DIR` (default `data/`). Set `NATS_URL` and the same
+//! process joins a NATS system instead; set `DATABASE_URL` (Postgres) and
+//! each domain owns a schema there. The gateway and the services share one
+//! `MC_AUTH_SECRET`, random for the process when unset.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use gateway::{Gateway, GatewayConfig};
 use microcore::tools::Db;
-use microcore::transport::{NatsTransport, Transport};
+use microcore::transport::{InProcessTransport, NatsTransport, Transport};
 use microcore::{Domain, Service, ServiceConfig};
 use shared_schemas::Subjects;
 
@@ -27,6 +30,7 @@ fn domains() -> Vec<Domain> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let _ = dotenvy::dotenv();
     microcore::telemetry::init_logging();
     let mut config = ServiceConfig::from_env()?;
@@ -45,15 +49,19 @@ async fn main() -> anyhow::Result<()> {
     }
     gateway_config.auth_secret = config.auth_secret.clone();
 
-    let transport: Arc<dyn Transport> = Arc::new(
-        NatsTransport::connect(
-            &config.nats_url,
-            "microcore",
-            Subjects::new(&config.subject_prefix),
-        )
-        .await
-        .context("connecting to NATS")?,
-    );
+    let transport: Arc<dyn Transport> = match &config.nats_url {
+        Some(url) => Arc::new(
+            NatsTransport::connect(url, "microcore", Subjects::new(&config.subject_prefix))
+                .await
+                .context("connecting to NATS")?,
+        ),
+        None => {
+            tracing::info!(
+                "NATS_URL is not set: services talk in-process; events live in memory and end with the process"
+            );
+            Arc::new(InProcessTransport::new())
+        }
+    };
     let mut services = Vec::new();
     for domain in domains() {
         let schema = config
@@ -61,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| domain.name.to_owned());
         let db = Db::connect(
-            &config.database_url,
+            &config.database_url_for(domain.name),
             Some(&schema),
             config.database_max_connections,
         )
@@ -79,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", gateway_config.http_addr))?;
     tracing::info!(
+        ready_in_ms = started.elapsed().as_millis(),
         "microcore is up: http://{}/docs",
         gateway_config
             .http_addr

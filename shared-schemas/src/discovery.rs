@@ -26,6 +26,9 @@ pub mod meta {
     pub const RPC_NAME: &str = "rpc.name";
     /// Service metadata: the wire contract version.
     pub const WIRE_VERSION: &str = "microcore.wire";
+    /// Service metadata: the transport the instance runs on, `nats` or
+    /// `in-process` (events in memory only, lost when the process stops).
+    pub const TRANSPORT: &str = "microcore.transport";
 }
 
 /// One instance's answer to `$SRV.INFO` (micro protocol

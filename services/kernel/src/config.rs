@@ -2,6 +2,7 @@
 //! has a documented default except where a wrong guess would be worse than
 //! failing at boot.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use shared_schemas::subjects::DEFAULT_PREFIX;
@@ -9,10 +10,15 @@ use shared_schemas::subjects::DEFAULT_PREFIX;
 /// How a domain service reaches its infrastructure.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// `NATS_URL`, default `nats://127.0.0.1:4222`.
-    pub nats_url: String,
-    /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`.
-    pub database_url: String,
+    /// `NATS_URL`. Unset: a service process connects to
+    /// [`DEFAULT_NATS_URL`]; the all-in-one process runs its services on
+    /// the in-process transport instead.
+    pub nats_url: Option<String>,
+    /// `DATABASE_URL` (`postgres://…` or `sqlite://…`). Unset: a SQLite
+    /// file per service in the data directory.
+    pub database_url: Option<String>,
+    /// `MC_DATA_DIR`: where the default SQLite files live, default `data`.
+    pub data_dir: PathBuf,
     /// `MC_DB_SCHEMA`: the Postgres schema the service owns; default: the
     /// service name.
     pub database_schema: Option<String>,
@@ -36,11 +42,15 @@ pub struct ServiceConfig {
     pub auth_token_ttl: Duration,
 }
 
+/// Where a service process finds NATS when `NATS_URL` is unset.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".into(),
-            database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            nats_url: None,
+            database_url: None,
+            data_dir: PathBuf::from("data"),
             database_schema: None,
             database_max_connections: 10,
             subject_prefix: DEFAULT_PREFIX.into(),
@@ -63,6 +73,17 @@ pub struct ConfigError {
 }
 
 impl ServiceConfig {
+    /// The database of `service`: `DATABASE_URL`, or its own SQLite file in
+    /// the data directory.
+    pub fn database_url_for(&self, service: &str) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            )
+        })
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -73,8 +94,11 @@ impl ServiceConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         Ok(Self {
-            nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
-            database_url: lookup("DATABASE_URL").unwrap_or(defaults.database_url),
+            nats_url: lookup("NATS_URL").filter(|s| !s.is_empty()),
+            database_url: lookup("DATABASE_URL").filter(|s| !s.is_empty()),
+            data_dir: lookup("MC_DATA_DIR")
+                .filter(|s| !s.is_empty())
+                .map_or(defaults.data_dir, PathBuf::from),
             database_schema: lookup("MC_DB_SCHEMA").filter(|s| !s.is_empty()),
             database_max_connections: parse(&lookup, "MC_DB_MAX_CONNECTIONS")?
                 .unwrap_or(defaults.database_max_connections),
@@ -144,6 +168,7 @@ mod tests {
         let config = ServiceConfig::from_lookup(|_| None).unwrap();
         assert_eq!(config.subject_prefix, "mc");
         assert_eq!(config.request_timeout, Duration::from_secs(10));
+        assert_eq!(config.database_url_for("users"), "sqlite://data/users.db");
 
         let err = ServiceConfig::from_lookup(|name| {
             (name == "MC_REQUEST_TIMEOUT_MS").then(|| "soon".to_owned())

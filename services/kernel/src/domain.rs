@@ -13,7 +13,28 @@ pub struct Domain {
     pub version: &'static str,
     pub description: &'static str,
     pub plugins: Vec<PluginEntry>,
-    pub migrations: Option<Migrator>,
+    pub migrations: Option<Migrations>,
+}
+
+/// A domain's migrations, one set per engine: their DDL differs (identity
+/// columns, timestamps), the tables they create do not. Build it with
+/// [`migrations!`](crate::migrations).
+#[derive(Debug)]
+pub struct Migrations {
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+/// The [`Migrations`] of the calling crate, embedded at build time from
+/// `migrations/postgres/` and `migrations/sqlite/`.
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        $crate::domain::Migrations {
+            postgres: ::sqlx::migrate!("migrations/postgres"),
+            sqlite: ::sqlx::migrate!("migrations/sqlite"),
+        }
+    };
 }
 
 impl Domain {
@@ -39,8 +60,8 @@ impl Domain {
         self
     }
 
-    /// The domain's migrations, usually `sqlx::migrate!()`.
-    pub fn migrations(mut self, migrations: Migrator) -> Self {
+    /// The domain's migrations, usually `microcore::migrations!()`.
+    pub fn migrations(mut self, migrations: Migrations) -> Self {
         self.migrations = Some(migrations);
         self
     }

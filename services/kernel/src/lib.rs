@@ -19,7 +19,7 @@ pub mod tools;
 pub mod transport;
 
 pub use config::ServiceConfig;
-pub use domain::Domain;
+pub use domain::{Domain, Migrations};
 pub use plugin::{BootError, Plugin, PluginEntry, PluginId, PluginState};
 pub use service::{RunningService, Service, ServiceError};
 

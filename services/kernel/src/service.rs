@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, ServiceConfig};
+use crate::config::{ConfigError, DEFAULT_NATS_URL, ServiceConfig};
 use crate::domain::Domain;
 use crate::http::{self, Http, Route};
 use crate::plugin::{BootError, DynPlugin, PluginId, PluginState};
@@ -69,13 +69,14 @@ impl Service {
             .unwrap_or(self.domain.name);
         let (transport, db) = tokio::try_join!(
             async {
-                NatsTransport::connect(&self.config.nats_url, self.domain.name, subjects)
+                let url = self.config.nats_url.as_deref().unwrap_or(DEFAULT_NATS_URL);
+                NatsTransport::connect(url, self.domain.name, subjects)
                     .await
                     .map_err(ServiceError::from)
             },
             async {
                 Db::connect(
-                    &self.config.database_url,
+                    &self.config.database_url_for(self.domain.name),
                     Some(schema),
                     self.config.database_max_connections,
                 )

@@ -14,5 +14,5 @@ pub fn domain() -> Domain {
     Domain::new("notifications", env!("CARGO_PKG_VERSION"))
         .description("Messages for users about their account and orders")
         .plugins(plugins::all())
-        .migrations(sqlx::migrate!())
+        .migrations(microcore::migrations!())
 }

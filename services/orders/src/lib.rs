@@ -14,5 +14,5 @@ pub fn domain() -> Domain {
     Domain::new("orders", env!("CARGO_PKG_VERSION"))
         .description("Orders placed by users")
         .plugins(plugins::all())
-        .migrations(sqlx::migrate!())
+        .migrations(microcore::migrations!())
 }

@@ -12,5 +12,5 @@ pub fn domain() -> Domain {
     Domain::new("products", env!("CARGO_PKG_VERSION"))
         .description("The product catalogue")
         .plugins(plugins::all())
-        .migrations(sqlx::migrate!())
+        .migrations(microcore::migrations!())
 }

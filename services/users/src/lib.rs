@@ -15,5 +15,5 @@ pub fn domain() -> Domain {
     Domain::new("users", env!("CARGO_PKG_VERSION"))
         .description("Accounts, passwords and access tokens")
         .plugins(plugins::all())
-        .migrations(sqlx::migrate!())
+        .migrations(microcore::migrations!())
 }

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use microcore::prelude::*;
-use microcore::{Domain, PluginEntry, Service};
+use microcore::{Domain, Migrations, PluginEntry, Service};
 
 /// What every probe event may ask of its handler.
 #[derive(Debug, Default, Deserialize)]
@@ -290,7 +290,10 @@ async fn main() -> anyhow::Result<()> {
             PluginEntry::of::<CallerPlugin>("caller"),
             PluginEntry::of::<EchoPlugin>("echo"),
         ])
-        .migrations(sqlx::migrate!("./probe-migrations"));
+        .migrations(Migrations {
+            postgres: sqlx::migrate!("./probe-migrations/postgres"),
+            sqlite: sqlx::migrate!("./probe-migrations/sqlite"),
+        });
     Service::from_env(domain)?.run().await?;
     Ok(())
 }

@@ -3,24 +3,54 @@
 //! errors that carry a kind from a closed vocabulary so plugins branch on
 //! meaning, not on engine text.
 //!
-//! On Postgres each service owns a schema (default: its name): the pool's
-//! connections use it as `search_path`, and the service's migrations and
-//! their bookkeeping table live there, so two services never share tables.
+//! - **Postgres** (production): each service owns a schema (default: its
+//!   name); the pool's connections use it as `search_path`, and the
+//!   service's migrations and their bookkeeping table live there, so two
+//!   services never share tables.
+//! - **SQLite** (the embedded default): each service owns a file. WAL lets
+//!   readers run beside the one writer; transactions take the write lock
+//!   when they begin (`BEGIN IMMEDIATE`), so two of them never deadlock
+//!   upgrading a read lock; foreign keys are enforced as on Postgres.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use tokio::sync::Notify;
 
+use crate::domain::Migrations;
 use crate::tools::{Tool, Transaction};
+
+/// The engine behind a [`Db`]. Plugins seldom need to know; migrations and
+/// the kernel's own tables do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+impl Engine {
+    /// The engine a `DATABASE_URL` names.
+    pub fn of(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(DbError::other(sqlx::Error::Configuration(
+                format!("unsupported database URL `{url}`: use postgres://… or sqlite://…").into(),
+            )))
+        }
+    }
+}
 
 /// A connection pool to the service's own database.
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    engine: Engine,
     /// Woken when a transaction that staged events commits.
     outbox: Arc<Notify>,
 }
@@ -31,45 +61,22 @@ impl Tool for Db {
 
 impl Db {
     /// Connects to `url`. On Postgres, `schema` is created if needed and
-    /// becomes the `search_path` of every connection.
+    /// becomes the `search_path` of every connection; on SQLite the file
+    /// and its directory are created if needed.
     pub async fn connect(
         url: &str,
         schema: Option<&str>,
         max_connections: u32,
     ) -> Result<Self, DbError> {
         install_default_drivers();
-        let schema = schema
-            .filter(|_| url.starts_with("postgres"))
-            .map(quote_identifier);
-        if let Some(schema) = &schema {
-            let setup = AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(url)
-                .await?;
-            setup
-                // The schema name is quoted by `quote_identifier`.
-                .execute(AssertSqlSafe(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}"
-                )))
-                .await?;
-            setup.close().await;
-        }
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                let search_path = schema.as_ref().map(|s| format!("SET search_path TO {s}"));
-                Box::pin(async move {
-                    if let Some(sql) = search_path {
-                        conn.execute(AssertSqlSafe(sql)).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        let engine = Engine::of(url)?;
+        let pool = match engine {
+            Engine::Postgres => connect_postgres(url, schema, max_connections).await?,
+            Engine::Sqlite => connect_sqlite(url, max_connections).await?,
+        };
         Ok(Self {
             pool,
+            engine,
             outbox: Arc::default(),
         })
     }
@@ -79,14 +86,19 @@ impl Db {
         &self.pool
     }
 
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
     /// Starts a transaction. Events staged in it with
     /// [`Bus::publish_in`](crate::tools::Bus::publish_in) are published
     /// once it commits.
     pub async fn begin(&self) -> Result<Transaction, DbError> {
-        Ok(Transaction::new(
-            self.pool.begin().await?,
-            self.outbox.clone(),
-        ))
+        let tx = match self.engine {
+            Engine::Postgres => self.pool.begin().await?,
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        };
+        Ok(Transaction::new(tx, self.outbox.clone()))
     }
 
     /// Resolves when a transaction with staged events has committed.
@@ -94,16 +106,16 @@ impl Db {
         self.outbox.notified().await;
     }
 
-    /// Applies the service's migrations that have not run yet.
-    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), DbError> {
+    /// Applies the service's migrations for this engine that have not run
+    /// yet.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
+        let migrator = match self.engine {
+            Engine::Postgres => &migrations.postgres,
+            Engine::Sqlite => &migrations.sqlite,
+        };
         migrator.run(&self.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => DbError::from(e),
-            other => DbError {
-                kind: DbErrorKind::Other,
-                table: None,
-                constraint: None,
-                source: sqlx::Error::Migrate(Box::new(other)),
-            },
+            other => DbError::other(sqlx::Error::Migrate(Box::new(other))),
         })
     }
 
@@ -116,6 +128,94 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn connect_postgres(
+    url: &str,
+    schema: Option<&str>,
+    max_connections: u32,
+) -> Result<AnyPool, DbError> {
+    let schema = schema.map(quote_identifier);
+    if let Some(schema) = &schema {
+        let setup = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await?;
+        setup
+            // The schema name is quoted by `quote_identifier`.
+            .execute(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .await?;
+        setup.close().await;
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            let search_path = schema.as_ref().map(|s| format!("SET search_path TO {s}"));
+            Box::pin(async move {
+                if let Some(sql) = search_path {
+                    conn.execute(AssertSqlSafe(sql)).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+async fn connect_sqlite(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
+    let location = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    let in_memory = location.is_empty() || location.contains(":memory:");
+    let directory = Path::new(location)
+        .parent()
+        .filter(|d| !in_memory && !d.as_os_str().is_empty());
+    if let Some(directory) = directory {
+        tokio::fs::create_dir_all(directory)
+            .await
+            .map_err(sqlx::Error::Io)?;
+    }
+    let url = if in_memory || url.contains("mode=") {
+        url.to_owned()
+    } else {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}mode=rwc")
+    };
+    // Every connection to `:memory:` is a database of its own: keep one,
+    // for good.
+    let options = if in_memory {
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        AnyPoolOptions::new().max_connections(max_connections)
+    };
+    let pool = options
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA busy_timeout = 5000",
+                ] {
+                    conn.execute(pragma).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    Ok(pool)
 }
 
 fn quote_identifier(name: &str) -> String {
@@ -149,6 +249,15 @@ pub struct DbError {
 impl DbError {
     pub fn kind(&self) -> DbErrorKind {
         self.kind
+    }
+
+    fn other(source: sqlx::Error) -> Self {
+        Self {
+            kind: DbErrorKind::Other,
+            table: None,
+            constraint: None,
+            source,
+        }
     }
 }
 

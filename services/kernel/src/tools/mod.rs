@@ -18,7 +18,7 @@ pub use bus::{
     Bus, BusError, EventResult, Publication, RespondBuilder, RpcError, SubscribeBuilder,
     SubscribeError,
 };
-pub use db::{Db, DbError, DbErrorKind};
+pub use db::{Db, DbError, DbErrorKind, Engine};
 pub use logger::Logger;
 pub use transaction::Transaction;
 

@@ -5,6 +5,7 @@
 //! NATS transport of the distributed system and an in-process one for the
 //! embedded mode are interchangeable without touching either.
 
+mod in_process;
 mod jetstream;
 mod micro;
 mod nats;
@@ -17,6 +18,7 @@ use futures_util::stream::BoxStream;
 use http::HeaderMap;
 use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo};
 
+pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 
 /// A message as it crosses the transport: metadata in headers, body as

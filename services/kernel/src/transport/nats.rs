@@ -92,10 +92,13 @@ impl Transport for NatsTransport {
             id,
             version: spec.version,
             description: spec.description,
-            metadata: [(
-                meta::WIRE_VERSION.to_owned(),
-                shared_schemas::WIRE_VERSION.to_owned(),
-            )]
+            metadata: [
+                (
+                    meta::WIRE_VERSION.to_owned(),
+                    shared_schemas::WIRE_VERSION.to_owned(),
+                ),
+                (meta::TRANSPORT.to_owned(), "nats".to_owned()),
+            ]
             .into(),
             endpoints: infos,
         };

@@ -55,8 +55,7 @@ impl ListNotificationsPlugin {
         }
         let user = ctx.user()?;
         let notifications = sqlx::query_as(
-            "SELECT id, message, event_id, correlation_id,
-                    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
+            "SELECT id, message, event_id, correlation_id, created_at
              FROM notifications WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(&user.sub)

@@ -37,18 +37,13 @@ impl Plugin for ReserveStockPlugin {
 }
 
 impl ReserveStockPlugin {
+    /// All lines or none: each takes its units only if enough are left
+    /// (one conditional `UPDATE`, atomic on every engine); the first short
+    /// line rolls the whole order back and refuses it instead.
     async fn reserve(self: Arc<Self>, event: EventEnvelope<PlacedOrder>) -> EventResult {
         let order = event.payload;
         let mut tx = self.db.begin().await?;
-        let first_time = sqlx::query(
-            "INSERT INTO order_reservations (order_id, reserved) VALUES ($1, FALSE) ON CONFLICT DO NOTHING",
-        )
-        .bind(order.order_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !first_time {
+        if !first_sight(&mut tx, order.order_id, true).await? {
             return Ok(());
         }
 
@@ -58,34 +53,19 @@ impl ReserveStockPlugin {
             *wanted.entry(line.product_id).or_insert(0) += line.quantity;
         }
         for (&product_id, &quantity) in &wanted {
-            let stock: Option<i64> =
-                sqlx::query_scalar("SELECT stock FROM products WHERE id = $1 FOR UPDATE")
-                    .bind(product_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if stock.is_none_or(|stock| stock < quantity) {
-                let shortage = StockShortage {
-                    order_id: order.order_id,
-                    product_id,
-                };
-                self.bus
-                    .publish_in(&mut tx, StockShortage::EVENT, &shortage)
-                    .await?;
-                tx.commit().await?;
-                self.logger.warn(format_args!(
-                    "order {} not reserved: product {product_id} is short",
-                    order.order_id
-                ));
-                return Ok(());
+            let taken = sqlx::query(
+                "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
+            )
+            .bind(quantity)
+            .bind(product_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !taken {
+                tx.rollback().await?;
+                return self.refuse(order.order_id, product_id).await;
             }
-        }
-
-        for (&product_id, &quantity) in &wanted {
-            sqlx::query("UPDATE products SET stock = stock - $1 WHERE id = $2")
-                .bind(quantity)
-                .bind(product_id)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query(
                 "INSERT INTO reserved_lines (order_id, product_id, quantity) VALUES ($1, $2, $3)",
             )
@@ -95,10 +75,6 @@ impl ReserveStockPlugin {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE order_reservations SET reserved = TRUE WHERE order_id = $1")
-            .bind(order.order_id)
-            .execute(&mut *tx)
-            .await?;
         let reserved = StockReserved {
             order_id: order.order_id,
             lines: order.lines,
@@ -109,4 +85,38 @@ impl ReserveStockPlugin {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Records that the order was not reserved and says so, once.
+    async fn refuse(&self, order_id: i64, product_id: i64) -> EventResult {
+        let mut tx = self.db.begin().await?;
+        if !first_sight(&mut tx, order_id, false).await? {
+            return Ok(());
+        }
+        let shortage = StockShortage {
+            order_id,
+            product_id,
+        };
+        self.bus
+            .publish_in(&mut tx, StockShortage::EVENT, &shortage)
+            .await?;
+        tx.commit().await?;
+        self.logger.warn(format_args!(
+            "order {order_id} not reserved: product {product_id} is short"
+        ));
+        Ok(())
+    }
+}
+
+/// Records the outcome for `order_id`; false when a redelivery finds it
+/// already there.
+async fn first_sight(tx: &mut Transaction, order_id: i64, reserved: bool) -> Result<bool, DbError> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_reservations (order_id, reserved) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(reserved)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }

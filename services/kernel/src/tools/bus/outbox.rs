@@ -6,18 +6,19 @@
 //! If the process dies between commit and relay, the rows wait for the
 //! next start. If it dies between publish and delete, the row is published
 //! again with the same event id and the server's de-duplication keeps one.
-//! Replicas relay side by side: each claims rows with `SKIP LOCKED`.
+//! Replicas relay side by side: on Postgres each claims rows with
+//! `SKIP LOCKED`; a SQLite file has one writer at a time anyway.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use http::HeaderMap;
-use sqlx::Executor;
+use sqlx::{AssertSqlSafe, Executor};
 use tokio_util::sync::CancellationToken;
 
-use crate::tools::{Db, DbError, Transaction};
+use crate::tools::{Db, DbError, Engine, Transaction};
 use crate::transport::{Message, Transport, TransportError};
 
 /// Rows relayed per round trip.
@@ -31,19 +32,33 @@ const POLL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The kernel's own table, in the service's schema beside its tables.
+/// `staged_at_ms` is written by the kernel, so the relay's query is the
+/// same on every engine.
 pub(crate) async fn ensure_outbox_table(db: &Db) -> Result<(), DbError> {
+    let position = match db.engine() {
+        Engine::Postgres => "position BIGSERIAL PRIMARY KEY",
+        Engine::Sqlite => "position INTEGER PRIMARY KEY AUTOINCREMENT",
+    };
     db.pool()
-        .execute(
+        .execute(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS mc_outbox (
-                position BIGSERIAL PRIMARY KEY,
+                {position},
                 id TEXT NOT NULL,
                 subject TEXT NOT NULL,
                 body TEXT NOT NULL,
-                staged_at TIMESTAMPTZ NOT NULL DEFAULT now()
-            )",
-        )
+                staged_at_ms BIGINT NOT NULL
+            )"
+        )))
         .await?;
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Writes one event into the outbox of `tx`.
@@ -55,10 +70,11 @@ pub(super) async fn stage(
 ) -> Result<(), DbError> {
     // Envelopes are JSON, so always UTF-8.
     let body = String::from_utf8_lossy(body);
-    sqlx::query("INSERT INTO mc_outbox (id, subject, body) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO mc_outbox (id, subject, body, staged_at_ms) VALUES ($1, $2, $3, $4)")
         .bind(id)
         .bind(subject)
         .bind(body.as_ref())
+        .bind(now_ms())
         .execute(&mut **tx)
         .await?;
     tx.staged_event();
@@ -116,14 +132,18 @@ impl OutboxRelay {
 
     /// Claims, publishes and deletes one batch; returns how many rows.
     async fn relay_batch(&self) -> Result<i64, RelayError> {
-        let mut tx = self.db.pool().begin().await.map_err(DbError::from)?;
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        let mut tx = self.db.begin().await?;
+        let claim = match self.db.engine() {
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let delay = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT position, id, subject, body FROM mc_outbox
-             WHERE staged_at <= now() - $2 * INTERVAL '1 millisecond'
-             ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
+             WHERE staged_at_ms <= $2 ORDER BY position LIMIT $1{claim}"
+        )))
         .bind(BATCH)
-        .bind(i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX))
+        .bind(now_ms().saturating_sub(delay))
         .fetch_all(&mut *tx)
         .await
         .map_err(DbError::from)?;
@@ -146,12 +166,12 @@ impl OutboxRelay {
         }
         // Positions are integers read from the table, never input.
         (&mut *tx)
-            .execute(sqlx::AssertSqlSafe(format!(
+            .execute(AssertSqlSafe(format!(
                 "DELETE FROM mc_outbox WHERE position IN ({positions})"
             )))
             .await
             .map_err(DbError::from)?;
-        tx.commit().await.map_err(DbError::from)?;
+        tx.commit().await?;
         Ok(rows.len() as i64)
     }
 }

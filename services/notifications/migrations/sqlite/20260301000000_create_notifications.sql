@@ -1,11 +1,12 @@
 CREATE TABLE notifications (
-    id BIGSERIAL PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
     -- The event that caused it: a redelivery finds it and adds nothing.
     event_id TEXT NOT NULL UNIQUE,
     correlation_id TEXT,
     message TEXT NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    -- RFC 3339, UTC, as the API returns it.
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
 CREATE INDEX notifications_by_user ON notifications (user_id, id);
