@@ -45,11 +45,28 @@ pub enum ServiceError {
 pub struct Service {
     domain: Domain,
     config: ServiceConfig,
+    /// Tools of the application's own, beside the kernel's.
+    tools: Vec<AddTool>,
 }
+
+type AddTool = Box<dyn FnOnce(&mut Toolbox) -> Result<(), ToolCollision> + Send>;
 
 impl Service {
     pub fn new(domain: Domain, config: ServiceConfig) -> Self {
-        Self { domain, config }
+        Self {
+            domain,
+            config,
+            tools: Vec::new(),
+        }
+    }
+
+    /// Offers `tool` to the plugins beside the kernel's own (a mailer, a
+    /// payment client …). A tool whose name is taken fails the boot.
+    pub fn tool<T: Tool>(mut self, tool: T) -> Self {
+        self.tools.push(Box::new(move |toolbox: &mut Toolbox| {
+            toolbox.insert(tool).map(|_| ())
+        }));
+        self
     }
 
     /// Reads `.env` (if present) and the environment.
@@ -95,7 +112,11 @@ impl Service {
         transport: Arc<dyn Transport>,
         db: Db,
     ) -> Result<RunningService, ServiceError> {
-        let Self { domain, config } = self;
+        let Self {
+            domain,
+            config,
+            tools: extra_tools,
+        } = self;
         if let Some(migrations) = &domain.migrations {
             db.migrate(migrations).await?;
         }
@@ -111,6 +132,9 @@ impl Service {
             .insert(Logger::new())?;
         if let Some(secret) = &config.auth_secret {
             tools.insert(Auth::new(secret.as_bytes(), config.auth_token_ttl)?)?;
+        }
+        for add in extra_tools {
+            add(&mut tools)?;
         }
 
         let mut plugins = Vec::new();
