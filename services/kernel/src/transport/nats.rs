@@ -58,7 +58,23 @@ impl NatsTransport {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// Returns once the server has processed everything this connection
+    /// sent before (`flush` only empties the socket): a message to
+    /// ourselves comes back only after what preceded it.
+    async fn round_trip(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let probe = self.client.new_inbox();
+        let mut echo = self.client.subscribe(probe.clone()).await?;
+        self.client.publish(probe, Default::default()).await?;
+        tokio::time::timeout(ROUND_TRIP_TIMEOUT, echo.next())
+            .await
+            .map_err(|_| "the server did not answer a round trip in time")?;
+        Ok(())
+    }
 }
+
+/// How long a server round trip may take before registration fails.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl Transport for NatsTransport {
@@ -108,6 +124,11 @@ impl Transport for NatsTransport {
             started: crate::now_rfc3339(),
         });
         micro::serve_verbs(&self.client, instance, draining)
+            .await
+            .map_err(|e| TransportError::new("registering the service", e))?;
+        // Announce only what the server already routes: a caller that
+        // hears "up" must find the endpoints.
+        self.round_trip()
             .await
             .map_err(|e| TransportError::new("registering the service", e))?;
 
