@@ -1,4 +1,4 @@
-//! What the gateway hop costs.
+//! What the gateway hop costs, and what the event bus delivers.
 //!
 //! ```text
 //! cargo run --release -p microcore-e2e --bin bench -- --duration-secs 10 --concurrency 64
@@ -9,9 +9,14 @@
 //! then drives keep-alive HTTP load over loopback against:
 //!
 //! - (a) the gateway, `GET /products/{id}`;
-//! - (b) the gateway, `POST /products`;
-//! - (c) an axum + sqlx handler inside this process running the same SQL on
-//!   the same database — the same work without the gateway and NATS hops;
+//! - (b) the gateway, `POST /products`: the row and `product.created`,
+//!   staged in the same transaction (outbox) and relayed to JetStream
+//!   after the commit;
+//! - (c) axum handlers inside this process doing the same externally
+//!   visible work on the same database and NATS without the gateway, the
+//!   framework or the outbox: for GET the same SELECT; for POST the same
+//!   INSERT, then a durable JetStream publish of a `product.created`
+//!   envelope, answered once the server has acknowledged it;
 //! - (d) a bare hop: an axum handler inside this process making one NATS
 //!   request to a responder task that answers a static body;
 //! - (e) the gateway in front of `GET /bench/ping` of the `bench-echo`
@@ -19,17 +24,26 @@
 //!   no `bench-echo` binary).
 //!
 //! (a)/(c) and (b)/(c) show what a request pays for going through the
-//! gateway; (e)/(d) shows the framework's own overhead over a bare NATS
-//! request-reply. Every process shares the same cores as the load
-//! generator, so absolute numbers say little about a production
-//! deployment; the ratios are the point.
+//! gateway (for POST, the outbox's extra statements too); (e)/(d) shows the
+//! framework's own overhead over a bare NATS request-reply. Every process
+//! shares the same cores as the load generator, so absolute numbers say
+//! little about a production deployment; the ratios are the point.
+//!
+//! Then, with the `bench-sink` service beside `bench-echo` (both skipped
+//! when the workspace lacks either), the event bus across processes: (f)
+//! durable events/s one service publishes flat out, and (g) the
+//! publish→subscriber latency at a moderate steady rate; see [`events`].
 
+mod events;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -40,9 +54,13 @@ use futures_util::StreamExt;
 use microcore_e2e::{ServiceProcess, System, binaries, wait};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shared_schemas::Subjects;
+use shared_schemas::events::{EventEnvelope, ProductCreated};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
+
+use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
 
 /// No scenario sends more than this, however fast it runs.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -56,14 +74,21 @@ const PONG: &[u8] = br#"{"success":true,"data":{"pong":true},"error":null}"#;
 
 const USAGE: &str = "\
 usage: bench [--duration-secs N] [--concurrency N] [--seed N]
-  --duration-secs  measured seconds per scenario (default 10)
-  --concurrency    requests in flight, one keep-alive connection each (default 64)
-  --seed           products in the catalogue before the run (default 1000)";
+             [--events N] [--publish-concurrency N] [--event-rate N]
+  --duration-secs        measured seconds per HTTP scenario and of (g) (default 10)
+  --concurrency          requests in flight, one keep-alive connection each (default 64)
+  --seed                 products in the catalogue before the run (default 1000)
+  --events               events published in (f), at most 10000000 (default 100000)
+  --publish-concurrency  publishes in flight in (f), at most 4096 (default 256)
+  --event-rate           events per second offered in (g) (default 2000)";
 
 struct Options {
     duration: Duration,
     concurrency: usize,
     seed: usize,
+    events: u64,
+    publish_concurrency: usize,
+    event_rate: u64,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -71,6 +96,9 @@ fn parse_args() -> anyhow::Result<Options> {
         duration: Duration::from_secs(10),
         concurrency: 64,
         seed: 1000,
+        events: 100_000,
+        publish_concurrency: 256,
+        event_rate: 2000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -88,11 +116,23 @@ fn parse_args() -> anyhow::Result<Options> {
             "--duration-secs" => options.duration = Duration::from_secs(number),
             "--concurrency" => options.concurrency = usize::try_from(number)?,
             "--seed" => options.seed = usize::try_from(number)?,
+            "--events" => options.events = number,
+            "--publish-concurrency" => options.publish_concurrency = usize::try_from(number)?,
+            "--event-rate" => options.event_rate = number,
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }
     if options.duration.is_zero() || options.concurrency == 0 || options.seed == 0 {
         bail!("duration, concurrency and seed must be positive\n{USAGE}");
+    }
+    if !(1..=MAX_EVENTS).contains(&options.events)
+        || !(1..=MAX_PUBLISH_CONCURRENCY).contains(&options.publish_concurrency)
+        || !(1..=MAX_EVENTS).contains(&options.event_rate)
+    {
+        bail!(
+            "events, publish concurrency and event rate must be positive, and at most \
+             {MAX_EVENTS}, {MAX_PUBLISH_CONCURRENCY} and {MAX_EVENTS}\n{USAGE}"
+        );
     }
     Ok(options)
 }
@@ -209,12 +249,82 @@ struct Product {
     id: i64,
     name: String,
     price: f64,
+    stock: i64,
 }
 
 #[derive(Deserialize)]
 struct NewProduct {
     name: String,
     price: f64,
+    #[serde(default)]
+    stock: i64,
+}
+
+/// What the direct handlers (c) work with: the products table, and the
+/// events stream through their own NATS connection.
+#[derive(Clone)]
+struct Direct {
+    pool: PgPool,
+    jetstream: jetstream::Context,
+    /// `<prefix>.events.product.created`.
+    product_created: String,
+}
+
+impl Direct {
+    /// Connects to the system's NATS; fails unless the events stream
+    /// exists (the products service creates it at boot).
+    async fn connect(system: &System, pool: PgPool) -> anyhow::Result<Self> {
+        let subjects = Subjects::new(system.prefix());
+        let jetstream = jetstream::new(system.nats().connect().await);
+        let stream = subjects.events_stream();
+        jetstream
+            .get_stream(&stream)
+            .await
+            .with_context(|| format!("the events stream {stream} does not exist"))?;
+        Ok(Self {
+            pool,
+            jetstream,
+            product_created: subjects.event(ProductCreated::EVENT),
+        })
+    }
+
+    /// Publishes `product.created` for `product` in the envelope the
+    /// kernel builds, and returns once the server stored it.
+    async fn publish_created(&self, product: &Product) -> anyhow::Result<()> {
+        // The gateway's request id, which the kernel makes the event's
+        // cause.
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let envelope = EventEnvelope {
+            id: uuid::Uuid::new_v4().to_string(),
+            event: ProductCreated::EVENT.to_owned(),
+            payload: ProductCreated {
+                id: product.id,
+                name: product.name.clone(),
+                price: product.price,
+            },
+            emitter: "products.create_product".to_owned(),
+            timestamp: rfc3339_now(),
+            parent_id: Some(request_id.clone()),
+            correlation_id: Some(request_id),
+            key: None,
+            headers: BTreeMap::new(),
+        };
+        let body = serde_json::to_vec(&envelope)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
+        self.jetstream
+            .publish_with_headers(self.product_created.clone(), headers, body.into())
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+/// Now in RFC 3339, UTC, as envelopes are stamped.
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn envelope(status: StatusCode, data: Value) -> Response {
@@ -233,13 +343,15 @@ fn failure(status: StatusCode, error: &str) -> Response {
         .into_response()
 }
 
-/// (c): what the products service does, without gateway or NATS.
-async fn direct_get(State(pool): State<PgPool>, Path(id): Path<i64>) -> Response {
-    let found =
-        sqlx::query_as::<_, Product>("SELECT id, name, price FROM products.products WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&pool)
-            .await;
+/// (c): what `GET /products/{id}` of the products service does, without
+/// gateway or NATS.
+async fn direct_get(State(direct): State<Direct>, Path(id): Path<i64>) -> Response {
+    let found = sqlx::query_as::<_, Product>(
+        "SELECT id, name, price, stock FROM products.products WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&direct.pool)
+    .await;
     match found {
         Ok(Some(product)) => envelope(StatusCode::OK, json!(product)),
         Ok(None) => failure(StatusCode::NOT_FOUND, "not found"),
@@ -247,17 +359,29 @@ async fn direct_get(State(pool): State<PgPool>, Path(id): Path<i64>) -> Response
     }
 }
 
-async fn direct_create(State(pool): State<PgPool>, Json(new): Json<NewProduct>) -> Response {
+/// (c): what `POST /products` of the products service does, seen from
+/// outside — the row, then `product.created` stored durably — without
+/// gateway, framework or outbox: the INSERT commits on its own and the
+/// event is published right after it, the answer waiting for the
+/// server's acknowledgement. (The service instead stages the event in the
+/// INSERT's transaction and answers after the commit; its relay publishes
+/// after that.)
+async fn direct_create(State(direct): State<Direct>, Json(new): Json<NewProduct>) -> Response {
     let created = sqlx::query_as::<_, Product>(
-        "INSERT INTO products.products (name, price) VALUES ($1, $2) RETURNING id, name, price",
+        "INSERT INTO products.products (name, price, stock) VALUES ($1, $2, $3) \
+         RETURNING id, name, price, stock",
     )
     .bind(new.name)
     .bind(new.price)
-    .fetch_one(&pool)
+    .bind(new.stock)
+    .fetch_one(&direct.pool)
     .await;
-    match created {
-        Ok(product) => envelope(StatusCode::CREATED, json!(product)),
-        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    let Ok(product) = created else {
+        return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    match direct.publish_created(&product).await {
+        Ok(()) => envelope(StatusCode::CREATED, json!(product)),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "event not published"),
     }
 }
 
@@ -341,6 +465,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let _products = system.start_products().await;
     system.wait_until_routable().await;
     let echo = start_echo(&system).await;
+    let sink = events::start_sink(&system).await;
 
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
@@ -353,7 +478,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         Router::new()
             .route("/products/{id}", get(direct_get))
             .route("/products", axum::routing::post(direct_create))
-            .with_state(pool),
+            .with_state(Direct::connect(&system, pool).await?),
     )
     .await?;
     start_responder(system.nats().connect().await).await?;
@@ -399,7 +524,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
             Some(get_by_id(format!("http://{direct}"))),
         ),
         (
-            "(c) direct POST /products",
+            "(c) direct POST /products (INSERT + durable publish, no outbox)",
             Some(create(format!("http://{direct}"))),
         ),
         (
@@ -423,8 +548,22 @@ async fn run(options: Options) -> anyhow::Result<()> {
         rows.push((name, measurement));
     }
 
+    let event_rows = match (&echo, &sink) {
+        (Some(_), Some(_)) => {
+            let event_options = EventOptions {
+                events: options.events,
+                publish_concurrency: options.publish_concurrency,
+                rate_per_sec: options.event_rate,
+                duration: options.duration,
+            };
+            Some(events::measure(&client, &gateway, &event_options).await?)
+        }
+        _ => None,
+    };
+
     print_report(&options, &rows);
-    drop(echo);
+    events::print_report(event_rows.as_deref());
+    drop((echo, sink));
     Ok(())
 }
 
@@ -440,21 +579,22 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
         options.seed
     );
     println!();
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     println!(
-        "{:<34} {:>10} {:>8} {:>11} {:>9} {:>9}",
+        "{:<width$} {:>10} {:>8} {:>11} {:>9} {:>9}",
         "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms"
     );
     for (name, measurement) in rows {
         match measurement {
             Some(m) => println!(
-                "{name:<34} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
+                "{name:<width$} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
                 m.ok,
                 m.errors,
                 m.per_second(),
                 m.quantile_ms(0.50),
                 m.quantile_ms(0.99)
             ),
-            None => println!("{name:<34} skipped: the workspace has no `bench-echo` binary"),
+            None => println!("{name:<width$} skipped: the workspace has no `bench-echo` binary"),
         }
     }
 
