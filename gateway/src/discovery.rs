@@ -8,7 +8,7 @@
 //! restarts, and only a service retired for good disappears. The OpenAPI
 //! document lists live services only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use microcore::transport::{Announcement, Transport};
 use serde::Serialize;
 use shared_schemas::Subjects;
-use shared_schemas::discovery::{HttpEndpoint, ServiceInfo};
+use shared_schemas::discovery::{HttpEndpoint, ServiceInfo, meta};
 
 use crate::openapi;
 use crate::routes::{Claim, Conflict, RouteInfo, RouteTable};
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub openapi: Bytes,
     pub conflicts: Vec<Conflict>,
     pub live_services: usize,
+    /// The transports live instances run on (`nats`, `in-process`).
+    pub transports: BTreeSet<String>,
 }
 
 /// `/system/routes`.
@@ -73,12 +75,14 @@ struct Service {
 
 struct Instance {
     claims: Vec<Claim>,
+    transport: Option<String>,
     last_seen: Instant,
 }
 
 impl Registry {
     fn up(&mut self, info: ServiceInfo, subjects: &Subjects, now: Instant) {
         let claims = claims(&info, subjects);
+        let transport = info.metadata.get(meta::TRANSPORT).cloned();
         let next = &mut self.next_seen;
         let service = self.services.entry(info.name.clone()).or_insert_with(|| {
             *next += 1;
@@ -95,6 +99,7 @@ impl Registry {
             info.id,
             Instance {
                 claims,
+                transport,
                 last_seen: now,
             },
         );
@@ -156,6 +161,11 @@ impl Registry {
         Snapshot {
             openapi: Bytes::from(serde_json::to_vec(&document).unwrap_or_default()),
             live_services: services.iter().filter(|s| !s.instances.is_empty()).count(),
+            transports: services
+                .iter()
+                .flat_map(|s| s.instances.values())
+                .filter_map(|i| i.transport.clone())
+                .collect(),
             conflicts,
             table,
         }

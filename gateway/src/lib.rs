@@ -144,8 +144,12 @@ async fn drop_unusable_request_id(mut request: Request) -> Request {
 }
 
 async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
-    let services = proxy.routes.load().live_services;
-    envelope::ok(json!({"status": "ok", "services": services}))
+    let snapshot = proxy.routes.load();
+    envelope::ok(json!({
+        "status": "ok",
+        "services": snapshot.live_services,
+        "transports": snapshot.transports,
+    }))
 }
 
 async fn system_routes(State(proxy): State<Arc<Proxy>>) -> Response {

@@ -27,6 +27,7 @@
 
 pub mod binaries;
 pub mod db;
+pub mod embedded;
 pub mod events;
 pub mod http;
 pub mod logs;
@@ -38,6 +39,7 @@ pub mod wait;
 
 pub use binaries::{binary, try_binary};
 pub use db::TestDb;
+pub use embedded::Embedded;
 pub use events::Streams;
 pub use http::{HttpClient, Reply};
 pub use nats::NatsServer;
@@ -54,4 +56,34 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("the loopback interface has free ports")
+}
+
+/// The HTTP face of a running system, whichever its topology: the gateway
+/// of a [`System`] or an [`Embedded`] process. Suites written against it
+/// run on both.
+pub trait Front {
+    fn http(&self) -> &HttpClient;
+
+    /// Panics with `message` and the logs of the processes behind.
+    fn fail(&self, message: impl std::fmt::Display) -> !;
+}
+
+impl Front for System {
+    fn http(&self) -> &HttpClient {
+        System::http(self)
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> ! {
+        System::fail(self, message)
+    }
+}
+
+impl Front for Embedded {
+    fn http(&self) -> &HttpClient {
+        Embedded::http(self)
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> ! {
+        Embedded::fail(self, message)
+    }
 }

@@ -1,6 +1,7 @@
 //! The all-in-one binary (`cargo run` at the workspace root): the gateway and
-//! every domain in one process must serve the same system as the separate
-//! processes do, events and authentication included.
+//! every domain in one process, on its own (the embedded default) or joined
+//! to NATS and Postgres, serving the same system as the separate processes
+//! do, events and authentication included.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
-async fn the_all_in_one_binary_serves_every_domain() {
+async fn the_all_in_one_binary_joins_nats_and_postgres_when_told_to() {
     let mut system = System::start().await;
     system.start_all_in_one().await;
     system.wait_until_routable().await;
@@ -87,6 +88,8 @@ async fn the_all_in_one_binary_serves_every_domain() {
         "{notified:?}"
     );
 
+    let health = http.get("/health").await.expect_success(StatusCode::OK);
+    assert_eq!(health["transports"], json!(["nats"]), "{health}");
     let doc = system.http().get("/openapi.json").await.json();
     for path in [
         "/products",
@@ -100,4 +103,27 @@ async fn the_all_in_one_binary_serves_every_domain() {
             "{path} is documented: {doc}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_embedded_default_needs_nothing_installed_and_says_what_it_runs_on() {
+    let embedded = microcore_e2e::Embedded::start().await;
+    let health = embedded
+        .http()
+        .get("/health")
+        .await
+        .expect_success(StatusCode::OK);
+    assert_eq!(health["services"], 4, "{health}");
+    assert_eq!(health["transports"], json!(["in-process"]), "{health}");
+    let mut files: Vec<String> = std::fs::read_dir(embedded.data_dir())
+        .expect("the data directory exists")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".db"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["notifications.db", "orders.db", "products.db", "users.db"],
+        "a SQLite file per service"
+    );
 }

@@ -1,18 +1,21 @@
-//! The four domains of the sample shop, each its own process, talking only
-//! through the bus: a customer registers, logs in and orders; the catalogue
-//! prices the order over request-reply and reserves its stock on
-//! `order.placed`; notifications tells the customer about both events.
+//! The sample shop end to end: a customer registers, logs in and orders;
+//! the catalogue prices the order over request-reply and reserves its
+//! stock on `order.placed`; notifications tells the customer about both
+//! events. The flows run on both topologies, unchanged: four service
+//! processes over NATS and Postgres, and the embedded default (one process,
+//! in-process transport, SQLite). What only a distributed system can show
+//! (a service down, a crash, the events in JetStream) runs there alone.
 
 use std::time::Duration;
 
-use microcore_e2e::{ServiceInstance, System, wait};
+use microcore_e2e::{Embedded, Front, Reply, ServiceInstance, System, wait};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
 /// The gateway and the four services, configured with one auth secret.
-async fn shop() -> (System, Vec<ServiceInstance>) {
+async fn distributed() -> (System, Vec<ServiceInstance>) {
     let mut system = System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
@@ -28,8 +31,8 @@ async fn shop() -> (System, Vec<ServiceInstance>) {
 }
 
 /// Registers and logs in a customer; returns their id and bearer token.
-async fn customer(system: &System, email: &str) -> (String, String) {
-    let http = system.http();
+async fn customer(shop: &impl Front, email: &str) -> (String, String) {
+    let http = shop.http();
     let user = http
         .post_json(
             "/users",
@@ -48,8 +51,8 @@ async fn customer(system: &System, email: &str) -> (String, String) {
     (user["id"].to_string(), token)
 }
 
-async fn product(system: &System, name: &str, price: f64, stock: i64) -> i64 {
-    let created = system
+async fn product(shop: &impl Front, name: &str, price: f64, stock: i64) -> i64 {
+    let created = shop
         .http()
         .post_json(
             "/products",
@@ -61,13 +64,8 @@ async fn product(system: &System, name: &str, price: f64, stock: i64) -> i64 {
 }
 
 /// `POST /orders` as the holder of `token`, with `request_id`.
-async fn order(
-    system: &System,
-    token: &str,
-    request_id: &str,
-    lines: Value,
-) -> microcore_e2e::Reply {
-    let http = system.http();
+async fn order(shop: &impl Front, token: &str, request_id: &str, lines: Value) -> Reply {
+    let http = shop.http();
     http.send(
         http.request(Method::POST, "/orders")
             .bearer_auth(token)
@@ -77,40 +75,40 @@ async fn order(
     .await
 }
 
-async fn get(system: &System, token: &str, path: &str) -> microcore_e2e::Reply {
-    let http = system.http();
+async fn get(shop: &impl Front, token: &str, path: &str) -> Reply {
+    let http = shop.http();
     http.send(http.request(Method::GET, path).bearer_auth(token))
         .await
 }
 
 /// Waits until the holder of `token` has at least `count` notifications.
-async fn notifications(system: &System, token: &str, count: usize) -> Vec<Value> {
+async fn notifications(shop: &impl Front, token: &str, count: usize) -> Vec<Value> {
     wait::poll(Duration::from_secs(15), || async {
-        let reply = get(system, token, "/notifications").await;
+        let reply = get(shop, token, "/notifications").await;
         let list = reply.json()["data"].as_array().cloned().unwrap_or_default();
         (list.len() >= count).then_some(list)
     })
     .await
-    .unwrap_or_else(|| system.fail(format!("fewer than {count} notifications")))
+    .unwrap_or_else(|| shop.fail(format!("fewer than {count} notifications")))
 }
 
-async fn stock(system: &System, product_id: i64) -> i64 {
-    let reply = system.http().get(&format!("/products/{product_id}")).await;
+async fn stock(shop: &impl Front, product_id: i64) -> i64 {
+    let reply = shop.http().get(&format!("/products/{product_id}")).await;
     reply.expect_success(StatusCode::OK)["stock"]
         .as_i64()
         .expect("stock")
 }
 
-#[tokio::test]
-async fn register_login_order_reserve_and_notify_across_four_services() {
-    let (system, _services) = shop().await;
-    let (user_id, token) = customer(&system, "ada@example.com").await;
-    let teapot = product(&system, "Teapot", 12.5, 10).await;
-    let cup = product(&system, "Cup", 3.0, 4).await;
+/// A customer's order of two teapots and four cups, reserved: the
+/// customer's token, the order id and the request id that placed it.
+async fn reserved_order(shop: &impl Front) -> (String, String, i64, String) {
+    let (user_id, token) = customer(shop, "ada@example.com").await;
+    let teapot = product(shop, "Teapot", 12.5, 10).await;
+    let cup = product(shop, "Cup", 3.0, 4).await;
 
     let request_id = format!("order-{}", uuid::Uuid::new_v4());
     let placed = order(
-        &system,
+        shop,
         &token,
         &request_id,
         json!([{"product_id": teapot, "quantity": 2}, {"product_id": cup, "quantity": 4}]),
@@ -123,55 +121,38 @@ async fn register_login_order_reserve_and_notify_across_four_services() {
 
     // The catalogue reserves the stock and the order learns it.
     wait::poll(Duration::from_secs(15), || async {
-        let order = get(&system, &token, &format!("/orders/{order_id}")).await;
+        let order = get(shop, &token, &format!("/orders/{order_id}")).await;
         (order.json()["data"]["status"] == "reserved").then_some(())
     })
     .await
-    .unwrap_or_else(|| system.fail("the order was never reserved"));
-    assert_eq!(stock(&system, teapot).await, 8);
-    assert_eq!(stock(&system, cup).await, 0);
-
-    // Welcome, then the order, newest first.
-    let list = notifications(&system, &token, 2).await;
-    assert_eq!(list.len(), 2, "{list:?}");
-    assert!(
-        list[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("#{order_id}")),
-        "{list:?}"
-    );
-    assert!(
-        list[1]["message"].as_str().unwrap().starts_with("Welcome"),
-        "{list:?}"
-    );
-
-    // The chain: the notification was caused by `order.placed`, which the
-    // HTTP request caused.
-    let placed_events = system.streams().events("order.placed").await;
-    assert_eq!(placed_events.len(), 1, "{placed_events:?}");
-    let event = &placed_events[0];
-    assert_eq!(event["parent_id"], request_id.as_str());
-    assert_eq!(event["emitter"], "orders.place_order");
-    assert_eq!(event["payload"]["user_id"], user_id.trim_matches('"'));
-    assert_eq!(list[0]["event_id"], event["id"]);
-    assert_eq!(list[0]["correlation_id"], request_id.as_str());
-    let reserved = system.streams().wait_for_events("stock.reserved", 1).await;
-    assert_eq!(
-        reserved[0]["parent_id"], event["id"],
-        "reserved because of the order"
-    );
-    assert_eq!(reserved[0]["correlation_id"], request_id.as_str());
+    .unwrap_or_else(|| shop.fail("the order was never reserved"));
+    assert_eq!(stock(shop, teapot).await, 8);
+    assert_eq!(stock(shop, cup).await, 0);
+    (user_id, token, order_id, request_id)
 }
 
-#[tokio::test]
-async fn an_order_is_readable_by_its_owner_only() {
-    let (system, _services) = shop().await;
-    let (_, owner) = customer(&system, "owner@example.com").await;
-    let (_, stranger) = customer(&system, "stranger@example.com").await;
-    let teapot = product(&system, "Teapot", 12.5, 10).await;
+// ---- the flows, on both topologies ----
+
+async fn register_login_order_reserve_and_notify(shop: &impl Front) {
+    let (_, token, order_id, request_id) = reserved_order(shop).await;
+
+    // Welcome, then the order, newest first; the order's notification
+    // comes from the chain the HTTP request started.
+    let list = notifications(shop, &token, 2).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let message = |i: usize| list[i]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message(0).contains(&format!("#{order_id}")), "{list:?}");
+    assert!(message(1).starts_with("Welcome"), "{list:?}");
+    assert_eq!(list[0]["correlation_id"], request_id.as_str());
+    assert!(list[0]["event_id"].is_string(), "{list:?}");
+}
+
+async fn an_order_is_readable_by_its_owner_only(shop: &impl Front) {
+    let (_, owner) = customer(shop, "owner@example.com").await;
+    let (_, stranger) = customer(shop, "stranger@example.com").await;
+    let teapot = product(shop, "Teapot", 12.5, 10).await;
     let placed = order(
-        &system,
+        shop,
         &owner,
         "r-1",
         json!([{"product_id": teapot, "quantity": 1}]),
@@ -180,51 +161,115 @@ async fn an_order_is_readable_by_its_owner_only() {
     .expect_success(StatusCode::CREATED);
     let path = format!("/orders/{}", placed["id"]);
 
-    get(&system, &owner, &path)
+    get(shop, &owner, &path)
         .await
         .expect_success(StatusCode::OK);
-    get(&system, &stranger, &path)
+    get(shop, &stranger, &path)
         .await
         .expect_error(StatusCode::FORBIDDEN);
-    get(&system, &owner, "/orders/999999")
+    get(shop, &owner, "/orders/999999")
         .await
         .expect_error(StatusCode::NOT_FOUND);
-    let anonymous = system.http().get(&path).await;
+    let anonymous = shop.http().get(&path).await;
     anonymous.expect_error(StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn ordering_refuses_unknown_products_short_stock_and_an_absent_catalogue() {
-    let (system, mut services) = shop().await;
-    let (_, token) = customer(&system, "ada@example.com").await;
-    let cup = product(&system, "Cup", 3.0, 1).await;
+async fn ordering_refuses_unknown_products_and_short_stock(shop: &impl Front) {
+    let (_, token) = customer(shop, "ada@example.com").await;
+    let cup = product(shop, "Cup", 3.0, 1).await;
 
     let unknown = order(
-        &system,
+        shop,
         &token,
         "r-1",
         json!([{"product_id": 424242, "quantity": 1}]),
     )
     .await;
+    let error = unknown.expect_error(StatusCode::NOT_FOUND);
     assert!(
-        unknown.expect_error(StatusCode::NOT_FOUND)["error"]
-            .as_str()
-            .unwrap()
-            .contains("424242")
+        error["error"].as_str().unwrap().contains("424242"),
+        "{error}"
     );
     let short = order(
-        &system,
+        shop,
         &token,
         "r-2",
         json!([{"product_id": cup, "quantity": 2}]),
     )
     .await;
+    let error = short.expect_error(StatusCode::CONFLICT);
     assert!(
-        short.expect_error(StatusCode::CONFLICT)["error"]
-            .as_str()
-            .unwrap()
-            .contains("in stock")
+        error["error"].as_str().unwrap().contains("in stock"),
+        "{error}"
     );
+    let none = order(shop, &token, "r-3", json!([])).await;
+    none.expect_error(StatusCode::BAD_REQUEST);
+    let mine = get(shop, &token, "/notifications").await;
+    assert_eq!(
+        mine.expect_success(StatusCode::OK).as_array().map(Vec::len),
+        Some(1),
+        "only the welcome"
+    );
+}
+
+/// Each flow, once per topology.
+macro_rules! on_both_topologies {
+    ($($flow:ident),* $(,)?) => {
+        mod distributed {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let (system, _services) = super::distributed().await;
+                    super::$flow(&system).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    super::$flow(&super::Embedded::start().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_topologies! {
+    register_login_order_reserve_and_notify,
+    an_order_is_readable_by_its_owner_only,
+    ordering_refuses_unknown_products_and_short_stock,
+}
+
+// ---- what only the distributed system shows ----
+
+#[tokio::test]
+async fn the_events_in_the_stream_chain_back_to_the_http_request() {
+    let (system, _services) = distributed().await;
+    let (user_id, token, _, request_id) = reserved_order(&system).await;
+    let list = notifications(&system, &token, 2).await;
+    let streams = system.streams();
+
+    let placed_events = streams.events("order.placed").await;
+    assert_eq!(placed_events.len(), 1, "{placed_events:?}");
+    let event = &placed_events[0];
+    assert_eq!(event["parent_id"], request_id.as_str());
+    assert_eq!(event["emitter"], "orders.place_order");
+    assert_eq!(event["payload"]["user_id"], user_id.trim_matches('"'));
+    assert_eq!(list[0]["event_id"], event["id"]);
+    let reserved = streams.wait_for_events("stock.reserved", 1).await;
+    assert_eq!(
+        reserved[0]["parent_id"], event["id"],
+        "reserved because of the order"
+    );
+    assert_eq!(reserved[0]["correlation_id"], request_id.as_str());
+}
+
+#[tokio::test]
+async fn ordering_answers_clearly_while_the_catalogue_is_down() {
+    let (system, mut services) = distributed().await;
+    let (_, token) = customer(&system, "ada@example.com").await;
+    let cup = product(&system, "Cup", 3.0, 1).await;
 
     services[0].terminate().await; // products
     let absent = order(
@@ -248,7 +293,7 @@ async fn ordering_refuses_unknown_products_short_stock_and_an_absent_catalogue()
 
 #[tokio::test]
 async fn notifications_published_while_the_service_was_down_arrive_after_it_restarts() {
-    let (system, mut services) = shop().await;
+    let (system, mut services) = distributed().await;
     services[3].terminate().await; // notifications
     let (_, ada) = customer(&system, "ada@example.com").await;
     let (_, bob) = customer(&system, "bob@example.com").await;
@@ -277,7 +322,7 @@ async fn notifications_published_while_the_service_was_down_arrive_after_it_rest
 
 #[tokio::test]
 async fn an_order_committed_before_a_crash_is_announced_once_after_restart() {
-    let (system, mut services) = shop().await;
+    let (system, mut services) = distributed().await;
     let (_, token) = customer(&system, "ada@example.com").await;
     let teapot = product(&system, "Teapot", 12.5, 10).await;
 
