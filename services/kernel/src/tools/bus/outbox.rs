@@ -9,7 +9,6 @@
 //! Replicas relay side by side: on Postgres each claims rows with
 //! `SKIP LOCKED`; a SQLite file has one writer at a time anyway.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -138,18 +137,26 @@ impl OutboxRelay {
             Engine::Sqlite => "",
         };
         let delay = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT position, id, subject, body FROM mc_outbox
-             WHERE staged_at_ms <= $2 ORDER BY position LIMIT $1{claim}"
-        )))
-        .bind(BATCH)
-        .bind(now_ms().saturating_sub(delay))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(DbError::from)?;
+        // Claimed and deleted in one statement; the deletion only counts if
+        // every event is published, or the rollback puts the rows back.
+        let mut rows: Vec<(i64, String, String, String)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "DELETE FROM mc_outbox WHERE position IN (
+                    SELECT position FROM mc_outbox
+                    WHERE staged_at_ms <= $2 ORDER BY position LIMIT $1{claim}
+                 ) RETURNING position, id, subject, body"
+            )))
+            .bind(BATCH)
+            .bind(now_ms().saturating_sub(delay))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
         if rows.is_empty() {
             return Ok(0);
         }
+        // Publish order is staging order, so events with a key stay in
+        // order.
+        rows.sort_unstable_by_key(|(position, ..)| *position);
         let published = join_all(rows.iter().map(|(_, id, subject, body)| {
             let message = Message::new(HeaderMap::new(), body.clone().into_bytes());
             self.transport.publish_durable(subject, id, message)
@@ -158,19 +165,6 @@ impl OutboxRelay {
         // Rows already published are published again with the same id on
         // the next try; the server keeps one.
         published.into_iter().collect::<Result<Vec<()>, _>>()?;
-
-        let mut positions = String::new();
-        for (i, (position, ..)) in rows.iter().enumerate() {
-            let separator = if i == 0 { "" } else { "," };
-            let _ = write!(positions, "{separator}{position}");
-        }
-        // Positions are integers read from the table, never input.
-        (&mut *tx)
-            .execute(AssertSqlSafe(format!(
-                "DELETE FROM mc_outbox WHERE position IN ({positions})"
-            )))
-            .await
-            .map_err(DbError::from)?;
         tx.commit().await?;
         Ok(rows.len() as i64)
     }
