@@ -5,8 +5,6 @@
 
 use std::time::Instant;
 
-use reqwest::StatusCode;
-
 use crate::binaries::binary;
 use crate::http::HttpClient;
 use crate::process::ServiceProcess;
@@ -43,23 +41,7 @@ impl Embedded {
             let started = Instant::now();
             let mut process = ServiceProcess::spawn(&bin, vars);
             let http = HttpClient::new(format!("http://{address}"));
-            let healthy = wait::poll(wait::BOOT, || {
-                let exited = process.exit_status();
-                let http = http.clone();
-                async move {
-                    if let Some(status) = exited {
-                        return Some(Err(status));
-                    }
-                    let reply = http
-                        .try_send(http.request(reqwest::Method::GET, "/health"))
-                        .await;
-                    reply
-                        .ok()
-                        .filter(|r| r.status == StatusCode::OK)
-                        .map(|_| Ok(()))
-                }
-            })
-            .await;
+            let healthy = wait::healthy(&mut process, &http).await;
             match healthy {
                 Some(Ok(())) => {
                     return Self {

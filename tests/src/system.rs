@@ -235,23 +235,7 @@ impl System {
                 process,
                 http: HttpClient::new(format!("http://{address}")),
             };
-            let healthy = wait::poll(wait::BOOT, || {
-                let exited = gateway.process.exit_status();
-                let http = gateway.http.clone();
-                async move {
-                    if let Some(status) = exited {
-                        return Some(Err(status));
-                    }
-                    let reply = http
-                        .try_send(http.request(reqwest::Method::GET, "/health"))
-                        .await;
-                    reply
-                        .ok()
-                        .filter(|r| r.status == StatusCode::OK)
-                        .map(|_| Ok(()))
-                }
-            })
-            .await;
+            let healthy = wait::healthy(&mut gateway.process, &gateway.http).await;
             let name = gateway.process.name().to_owned();
             match healthy {
                 Some(Ok(())) => return self.gateway.insert(gateway),

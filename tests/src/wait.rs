@@ -44,6 +44,31 @@ where
     }
 }
 
+/// Waits until `process` answers `GET /health` with 200 through `http`:
+/// `Some(Ok)` then, `Some(Err)` with its status if it exits first, `None`
+/// when [`BOOT`] passes.
+pub async fn healthy(
+    process: &mut crate::ServiceProcess,
+    http: &crate::HttpClient,
+) -> Option<Result<(), std::process::ExitStatus>> {
+    poll(BOOT, || {
+        let exited = process.exit_status();
+        async move {
+            if let Some(status) = exited {
+                return Some(Err(status));
+            }
+            let reply = http
+                .try_send(http.request(reqwest::Method::GET, "/health"))
+                .await;
+            reply
+                .ok()
+                .filter(|r| r.status == reqwest::StatusCode::OK)
+                .map(|_| Ok(()))
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

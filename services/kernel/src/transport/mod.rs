@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http::HeaderMap;
-use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo};
+use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo, meta};
 
 pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
@@ -45,6 +45,33 @@ pub struct ServiceSpec {
     pub version: String,
     pub description: String,
     pub endpoints: Vec<EndpointInfo>,
+}
+
+impl ServiceSpec {
+    /// What instance `id` of this service announces: its `endpoints` as
+    /// the transport registered them, the wire version and the transport.
+    pub(crate) fn announce(
+        &self,
+        id: String,
+        endpoints: Vec<EndpointInfo>,
+        transport: &str,
+    ) -> ServiceInfo {
+        ServiceInfo {
+            name: self.name.clone(),
+            id,
+            version: self.version.clone(),
+            description: self.description.clone(),
+            metadata: [
+                (
+                    meta::WIRE_VERSION.to_owned(),
+                    shared_schemas::WIRE_VERSION.to_owned(),
+                ),
+                (meta::TRANSPORT.to_owned(), transport.to_owned()),
+            ]
+            .into(),
+            endpoints,
+        }
+    }
 }
 
 /// An incoming request and the way back to its caller.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, stream::BoxStream};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use shared_schemas::Subjects;
-use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo, meta};
+use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo};
 use tokio::sync::watch;
 
 use super::jetstream::JetStreamEvents;
@@ -84,7 +84,7 @@ impl Transport for NatsTransport {
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         let mut infos = Vec::with_capacity(spec.endpoints.len());
         let mut stats = Vec::with_capacity(spec.endpoints.len());
-        for endpoint in spec.endpoints {
+        for endpoint in spec.endpoints.iter().cloned() {
             let subscriber = self
                 .client
                 .queue_subscribe(endpoint.subject.clone(), micro::QUEUE_GROUP.to_owned())
@@ -103,21 +103,7 @@ impl Transport for NatsTransport {
                 ..endpoint
             });
         }
-        let info = ServiceInfo {
-            name: spec.name,
-            id,
-            version: spec.version,
-            description: spec.description,
-            metadata: [
-                (
-                    meta::WIRE_VERSION.to_owned(),
-                    shared_schemas::WIRE_VERSION.to_owned(),
-                ),
-                (meta::TRANSPORT.to_owned(), "nats".to_owned()),
-            ]
-            .into(),
-            endpoints: infos,
-        };
+        let info = spec.announce(id, infos, "nats");
         let instance = Arc::new(micro::Instance {
             info: info.clone(),
             stats,

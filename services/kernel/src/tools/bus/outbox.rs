@@ -139,18 +139,17 @@ impl OutboxRelay {
         let delay = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
         // Claimed and deleted in one statement; the deletion only counts if
         // every event is published, or the rollback puts the rows back.
-        let mut rows: Vec<(i64, String, String, String)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "DELETE FROM mc_outbox WHERE position IN (
+        let mut rows: Vec<(i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "DELETE FROM mc_outbox WHERE position IN (
                     SELECT position FROM mc_outbox
                     WHERE staged_at_ms <= $2 ORDER BY position LIMIT $1{claim}
                  ) RETURNING position, id, subject, body"
-            )))
-            .bind(BATCH)
-            .bind(now_ms().saturating_sub(delay))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(DbError::from)?;
+        )))
+        .bind(BATCH)
+        .bind(now_ms().saturating_sub(delay))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
-use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo, meta};
+use shared_schemas::discovery::{EndpointInfo, InstanceDown, ServiceInfo};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
@@ -104,7 +104,7 @@ impl Transport for InProcessTransport {
         let mut infos = Vec::with_capacity(spec.endpoints.len());
         {
             let mut endpoints = lock(&self.hub.endpoints);
-            for endpoint in spec.endpoints {
+            for endpoint in spec.endpoints.iter().cloned() {
                 let (requests, incoming) = mpsc::channel(ENDPOINT_BACKLOG);
                 endpoints
                     .entry(endpoint.subject.clone())
@@ -120,21 +120,7 @@ impl Transport for InProcessTransport {
                 });
             }
         }
-        let info = ServiceInfo {
-            name: spec.name,
-            id: id.clone(),
-            version: spec.version,
-            description: spec.description,
-            metadata: [
-                (
-                    meta::WIRE_VERSION.to_owned(),
-                    shared_schemas::WIRE_VERSION.to_owned(),
-                ),
-                (meta::TRANSPORT.to_owned(), "in-process".to_owned()),
-            ]
-            .into(),
-            endpoints: infos,
-        };
+        let info = spec.announce(id.clone(), infos, "in-process");
         lock(&self.hub.instances).insert(id, info.clone());
         // Nobody listening is fine: the gateway may start later.
         let _ = self.hub.announcements.send(Announcement::Up(info.clone()));
