@@ -378,3 +378,96 @@ impl Acknowledge for InProcessAcker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec(mode: ConsumerMode, ack_wait: Duration) -> ConsumerSpec {
+        ConsumerSpec {
+            subject: "mc.events.t".to_owned(),
+            mode,
+            ack_wait,
+            max_in_flight: 4,
+        }
+    }
+
+    fn shared(name: &str) -> ConsumerMode {
+        ConsumerMode::Shared {
+            name: name.to_owned(),
+        }
+    }
+
+    fn message(n: u8) -> Message {
+        Message::new(Default::default(), vec![n])
+    }
+
+    async fn next(receiver: &mut mpsc::Receiver<Delivery>) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(2), receiver.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("an open stream")
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_is_stored_once() {
+        let durable = Durable::default();
+        let mut deliveries = durable.consume(spec(shared("c"), Duration::from_secs(30)));
+        durable.publish("mc.events.t", "same", message(1));
+        durable.publish("mc.events.t", "same", message(2));
+        durable.publish("mc.events.t", "other", message(3));
+        assert_eq!(next(&mut deliveries).await.message.body.as_ref(), [1]);
+        assert_eq!(next(&mut deliveries).await.message.body.as_ref(), [3]);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_delivery_comes_back_after_the_ack_wait_and_a_retry_after_its_delay() {
+        let durable = Durable::default();
+        let mut deliveries = durable.consume(spec(shared("c"), Duration::from_millis(50)));
+        durable.publish("mc.events.t", "a", message(1));
+        let first = next(&mut deliveries).await;
+        assert_eq!(first.attempt, 1);
+        drop(first);
+        let again = next(&mut deliveries).await;
+        assert_eq!(again.attempt, 2, "redelivered after the ack wait");
+        let asked = Instant::now();
+        again.retry(Duration::from_millis(100)).await.unwrap();
+        let third = next(&mut deliveries).await;
+        assert_eq!(third.attempt, 3);
+        assert!(asked.elapsed() >= Duration::from_millis(95));
+        third.ack().await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(200), deliveries.recv()).await;
+        assert!(quiet.is_err(), "an acknowledged message stays settled");
+    }
+
+    #[tokio::test]
+    async fn a_late_shared_consumer_reads_what_is_retained_and_a_broadcast_only_what_is_new() {
+        let durable = Durable::default();
+        for n in 0..3 {
+            durable.publish("mc.events.t", &n.to_string(), message(n));
+        }
+        let mut late = durable.consume(spec(shared("late"), Duration::from_secs(30)));
+        let mut broadcast = durable.consume(spec(ConsumerMode::Broadcast, Duration::from_secs(30)));
+        durable.publish("mc.events.t", "new", message(9));
+        for n in [0, 1, 2, 9] {
+            let delivery = next(&mut late).await;
+            assert_eq!(delivery.message.body.as_ref(), [n]);
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(next(&mut broadcast).await.message.body.as_ref(), [9]);
+    }
+
+    #[test]
+    fn a_subject_nobody_reads_keeps_only_its_newest_messages() {
+        let mut log = SubjectLog::default();
+        for n in 0..(RETAINED_UNREAD + 10) {
+            log.messages.push_back(message((n % 256) as u8));
+            log.next_seq += 1;
+            log.prune("mc.events.t");
+        }
+        assert_eq!(log.messages.len(), RETAINED_UNREAD);
+        assert_eq!(log.first_seq(), 10);
+    }
+}
