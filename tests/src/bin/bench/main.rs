@@ -33,7 +33,16 @@
 //! when the workspace lacks either), the event bus across processes: (f)
 //! durable events/s one service publishes flat out, and (g) the
 //! publish→subscriber latency at a moderate steady rate; see [`events`].
+//!
+//! Last, with the distributed processes stopped, the embedded topology:
+//! the all-in-one `microcore` binary without NATS or Postgres. Its startup
+//! time (spawn to the first healthy answer, on a fresh data directory and
+//! again once migrated) and idle memory, then the load of (a) and (b)
+//! against it: (h) `GET /products/{id}` and (i) `POST /products`, with
+//! (h)/(a) and (i)/(b) saying how it compares with the distributed
+//! topology; see [`embedded`].
 
+mod embedded;
 mod events;
 
 use std::collections::BTreeMap;
@@ -234,6 +243,23 @@ async fn drive(
         elapsed,
         latencies,
     }
+}
+
+/// `GET {base}/products/{id}` over `ids` in turn: (a), (c) and (h).
+fn get_by_id(base: String, ids: Arc<Vec<i64>>) -> MakeRequest {
+    Arc::new(move |client: &reqwest::Client, n: u64| {
+        let id = ids[(n % ids.len() as u64) as usize];
+        client.get(format!("{base}/products/{id}"))
+    })
+}
+
+/// `POST {base}/products`, a new product each time: (b), (c) and (i).
+fn create(base: String) -> MakeRequest {
+    Arc::new(move |client: &reqwest::Client, n: u64| {
+        client
+            .post(format!("{base}/products"))
+            .json(&json!({"name": format!("bench {n}"), "price": 9.99}))
+    })
 }
 
 /// Warms the path up (connections, caches, JIT-free but not page-cache
@@ -456,13 +482,16 @@ async fn seed(pool: &PgPool, count: usize) -> anyhow::Result<Vec<i64>> {
 
 async fn run(options: Options) -> anyhow::Result<()> {
     eprintln!("building release binaries and starting NATS, Postgres database, gateway, products…");
+    // Built now, with the distributed binaries, so both topologies run the
+    // same sources.
+    let embedded_bin = binaries::try_binary("microcore");
     let mut system = System::builder()
         .gateway_env("RUST_LOG", "warn")
         .service_env("RUST_LOG", "warn")
         .start()
         .await;
     system.start_gateway().await;
-    let _products = system.start_products().await;
+    let products = system.start_products().await;
     system.wait_until_routable().await;
     let echo = start_echo(&system).await;
     let sink = events::start_sink(&system).await;
@@ -494,20 +523,6 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let gateway = system.http().base().to_owned();
-    let get_by_id = |base: String| -> MakeRequest {
-        let ids = ids.clone();
-        Arc::new(move |client: &reqwest::Client, n: u64| {
-            let id = ids[(n % ids.len() as u64) as usize];
-            client.get(format!("{base}/products/{id}"))
-        })
-    };
-    let create = |base: String| -> MakeRequest {
-        Arc::new(move |client: &reqwest::Client, n: u64| {
-            client
-                .post(format!("{base}/products"))
-                .json(&json!({"name": format!("bench {n}"), "price": 9.99}))
-        })
-    };
     let fixed = |url: String| -> MakeRequest {
         Arc::new(move |client: &reqwest::Client, _| client.get(url.clone()))
     };
@@ -516,12 +531,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let scenarios: Vec<(&str, Option<MakeRequest>)> = vec![
         (
             "(a) gateway GET /products/{id}",
-            Some(get_by_id(gateway.clone())),
+            Some(get_by_id(gateway.clone(), ids.clone())),
         ),
         ("(b) gateway POST /products", Some(create(gateway.clone()))),
         (
             "(c) direct GET /products/{id}",
-            Some(get_by_id(format!("http://{direct}"))),
+            Some(get_by_id(format!("http://{direct}"), ids.clone())),
         ),
         (
             "(c) direct POST /products (INSERT + durable publish, no outbox)",
@@ -561,10 +576,49 @@ async fn run(options: Options) -> anyhow::Result<()> {
         _ => None,
     };
 
+    // The embedded process gets the machine the distributed one had: the
+    // distributed processes stop (dropping one kills it); NATS and
+    // Postgres stay, idle.
+    drop((echo, sink, products));
+    system.gateway().process().kill();
+    let embedded_report = embedded::measure(embedded_bin.as_deref(), &client, &options).await?;
+
     print_report(&options, &rows);
     events::print_report(event_rows.as_deref());
-    drop((echo, sink));
+    embedded::print_report(
+        embedded_report.as_ref(),
+        find(&rows, "(a)"),
+        find(&rows, "(b)"),
+    );
     Ok(())
+}
+
+/// The measurement of the scenario whose name starts with `prefix`, if it
+/// ran.
+fn find<'a>(rows: &'a [(&str, Option<Measurement>)], prefix: &str) -> Option<&'a Measurement> {
+    rows.iter()
+        .find(|(name, _)| name.starts_with(prefix))
+        .and_then(|(_, m)| m.as_ref())
+}
+
+/// The header of a table of [`print_row`] rows.
+fn print_header(width: usize) {
+    println!(
+        "{:<width$} {:>10} {:>8} {:>11} {:>9} {:>9}",
+        "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms"
+    );
+}
+
+/// One scenario's line in an HTTP table.
+fn print_row(name: &str, width: usize, m: &Measurement) {
+    println!(
+        "{name:<width$} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
+        m.ok,
+        m.errors,
+        m.per_second(),
+        m.quantile_ms(0.50),
+        m.quantile_ms(0.99)
+    );
 }
 
 fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
@@ -580,29 +634,14 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     );
     println!();
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-    println!(
-        "{:<width$} {:>10} {:>8} {:>11} {:>9} {:>9}",
-        "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms"
-    );
+    print_header(width);
     for (name, measurement) in rows {
         match measurement {
-            Some(m) => println!(
-                "{name:<width$} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
-                m.ok,
-                m.errors,
-                m.per_second(),
-                m.quantile_ms(0.50),
-                m.quantile_ms(0.99)
-            ),
+            Some(m) => print_row(name, width, m),
             None => println!("{name:<width$} skipped: the workspace has no `bench-echo` binary"),
         }
     }
 
-    let find = |prefix: &str| {
-        rows.iter()
-            .find(|(name, _)| name.starts_with(prefix))
-            .and_then(|(_, m)| m.as_ref())
-    };
     println!();
     println!("{:<34} {:>18} {:>18}", "ratio", "throughput", "p50 latency");
     for (label, through, baseline) in [
@@ -610,7 +649,7 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
         ("(b)/(c) POST", "(b)", "(c) direct POST"),
         ("(e)/(d) framework vs bare hop", "(e)", "(d)"),
     ] {
-        match (find(through), find(baseline)) {
+        match (find(rows, through), find(rows, baseline)) {
             (Some(hop), Some(base)) => println!(
                 "{label:<34} {:>17.2}x {:>17.2}x",
                 hop.per_second() / base.per_second(),
