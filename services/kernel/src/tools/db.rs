@@ -10,7 +10,9 @@
 //! - **SQLite** (the embedded default): each service owns a file. WAL lets
 //!   readers run beside the one writer; transactions take the write lock
 //!   when they begin (`BEGIN IMMEDIATE`), so two of them never deadlock
-//!   upgrading a read lock; foreign keys are enforced as on Postgres.
+//!   upgrading a read lock, and they queue for it in the process (a fair
+//!   async lock) rather than in SQLite's busy handler, which sleeps;
+//!   foreign keys are enforced as on Postgres.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,10 @@ use tokio::sync::Notify;
 
 use crate::domain::Migrations;
 use crate::tools::{Tool, Transaction};
+
+/// How long a SQLite transaction waits for its turn to write (SQLite's own
+/// `busy_timeout` is the same).
+const WRITE_WAIT: Duration = Duration::from_secs(5);
 
 /// The engine behind a [`Db`]. Plugins seldom need to know; migrations and
 /// the kernel's own tables do.
@@ -51,6 +57,8 @@ impl Engine {
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
+    /// SQLite's one writer at a time, taken by transactions.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Woken when a transaction that staged events commits.
     outbox: Arc<Notify>,
 }
@@ -77,6 +85,7 @@ impl Db {
         Ok(Self {
             pool,
             engine,
+            writer: (engine == Engine::Sqlite).then(Arc::default),
             outbox: Arc::default(),
         })
     }
@@ -94,11 +103,21 @@ impl Db {
     /// [`Bus::publish_in`](crate::tools::Bus::publish_in) are published
     /// once it commits.
     pub async fn begin(&self) -> Result<Transaction, DbError> {
+        let write_turn = match &self.writer {
+            // As long as SQLite itself would wait: a task that begins a
+            // second transaction while holding one fails instead of hanging.
+            Some(writer) => Some(
+                tokio::time::timeout(WRITE_WAIT, writer.clone().lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?,
+            ),
+            None => None,
+        };
         let tx = match self.engine {
             Engine::Postgres => self.pool.begin().await?,
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
         };
-        Ok(Transaction::new(tx, self.outbox.clone()))
+        Ok(Transaction::new(tx, write_turn, self.outbox.clone()))
     }
 
     /// Resolves when a transaction with staged events has committed.
@@ -206,7 +225,7 @@ async fn connect_sqlite(url: &str, max_connections: u32) -> Result<AnyPool, DbEr
                     "PRAGMA journal_mode = WAL",
                     "PRAGMA synchronous = NORMAL",
                     "PRAGMA foreign_keys = ON",
-                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA busy_timeout = 5000", // WRITE_WAIT
                 ] {
                     conn.execute(pragma).await?;
                 }

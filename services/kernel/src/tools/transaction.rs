@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use sqlx::{Any, AnyConnection};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 
 use crate::tools::DbError;
 
@@ -14,15 +14,24 @@ use crate::tools::DbError;
 /// `.execute(&mut *tx)`; nothing is visible to others, and no staged event
 /// is published, until [`Transaction::commit`]. Dropping it rolls back.
 pub struct Transaction {
+    // Field order is drop order: the transaction ends before the write
+    // turn passes on.
     inner: sqlx::Transaction<'static, Any>,
+    /// On SQLite: this transaction's turn to write.
+    _write_turn: Option<OwnedMutexGuard<()>>,
     staged_events: bool,
     outbox: Arc<Notify>,
 }
 
 impl Transaction {
-    pub(crate) fn new(inner: sqlx::Transaction<'static, Any>, outbox: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        inner: sqlx::Transaction<'static, Any>,
+        write_turn: Option<OwnedMutexGuard<()>>,
+        outbox: Arc<Notify>,
+    ) -> Self {
         Self {
             inner,
+            _write_turn: write_turn,
             staged_events: false,
             outbox,
         }
