@@ -15,6 +15,7 @@ use shared_schemas::discovery::{EndpointInfo, HttpEndpoint, ServiceInfo, meta};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{ConfigError, DEFAULT_NATS_URL, ServiceConfig};
 use crate::domain::Domain;
@@ -195,16 +196,24 @@ impl Service {
             );
         }
         let registration = transport.register(spec).await?;
+        // Everything the instance does logs under its name and id.
+        let span = tracing::info_span!(
+            "service",
+            service = domain.name,
+            instance = %registration.info.id
+        );
         let mut listeners = JoinSet::new();
         for consume in consumers {
-            listeners.spawn(consume);
+            listeners.spawn(consume.instrument(span.clone()));
         }
         for (endpoint, mut stream) in endpoints.into_iter().zip(registration.endpoints) {
             let tasks = tasks.clone();
+            let span = span.clone();
             listeners.spawn(async move {
                 while let Some(incoming) = stream.next().await {
                     let endpoint = endpoint.clone();
-                    tasks.spawn(async move { endpoint.serve(incoming).await });
+                    let serve = async move { endpoint.serve(incoming).await };
+                    tasks.spawn(serve.instrument(span.clone()));
                 }
             });
         }
@@ -216,14 +225,15 @@ impl Service {
                 transport: transport.clone(),
                 delay: config.outbox_relay_delay,
             }
-            .run(relay_stop.clone()),
+            .run(relay_stop.clone())
+            .instrument(span.clone()),
         );
-        tracing::info!(
-            service = domain.name,
-            instance = %registration.info.id,
-            endpoints = registration.info.endpoints.len(),
-            "service is ready"
-        );
+        span.in_scope(|| {
+            tracing::info!(
+                endpoints = registration.info.endpoints.len(),
+                "service is ready"
+            );
+        });
         Ok(RunningService {
             transport,
             info: registration.info,

@@ -171,12 +171,13 @@ async fn first_ok(
     }
 }
 
-/// The `ready_in_ms` of the binary's readiness line, if it logged one.
+/// The `ready_in_ms` of the binary's readiness line (JSON logs), if it
+/// logged one.
 fn logged_ready_in_ms(log: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(log).ok()?;
-    let (_, after) = text.split_once("ready_in_ms=")?;
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|line| line["ready_in_ms"].as_u64())
 }
 
 /// Starts `bin` on `data_dir` and a free port, times it until it serves,
@@ -199,6 +200,7 @@ async fn start(
                 ("MC_HTTP_ADDR", address.as_str()),
                 ("MC_DATA_DIR", data_dir.as_str()),
                 ("RUST_LOG", LOG_FILTER),
+                ("MC_LOG_FORMAT", "json"),
             ],
         );
         match first_ok(&prober, &mut process, &format!("{base}/health"), deadline).await {

@@ -25,6 +25,7 @@ use shared_schemas::events::{DeadLetter, EventEnvelope, SubscriberDropped};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::Bus;
 use super::subscribe::{Audience, Subscription};
@@ -88,11 +89,12 @@ async fn consume(
         .map(|_| {
             let (lane, mut queue) = mpsc::channel::<(Delivery, EventEnvelope)>(1);
             let worker = worker.clone();
-            tasks.spawn(async move {
+            let work = async move {
                 while let Some((delivery, envelope)) = queue.recv().await {
                     worker.handle(delivery, envelope).await;
                 }
-            });
+            };
+            tasks.spawn(work.in_current_span());
             lane
         })
         .collect();
