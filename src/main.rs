@@ -32,7 +32,7 @@ fn domains() -> Vec<Domain> {
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let _ = dotenvy::dotenv();
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("microcore");
     let mut config = ServiceConfig::from_env()?;
     let mut gateway_config = GatewayConfig::from_env()?;
     if config.auth_secret.is_none() {

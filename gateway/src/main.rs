@@ -11,7 +11,7 @@ use shared_schemas::Subjects;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("gateway");
     let config = GatewayConfig::from_env()?;
     let transport = NatsTransport::connect(
         &config.nats_url,

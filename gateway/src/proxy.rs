@@ -9,17 +9,19 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use microcore::tools::Auth;
 use microcore::transport::{Message, RequestError, Transport};
 use percent_encoding::percent_decode_str;
 use shared_schemas::http as wire;
+use tracing::Instrument;
 
 use crate::auth;
 use crate::discovery::Shared;
 use crate::envelope;
-use crate::routes::Lookup;
+use crate::routes::{Lookup, Target};
 
 /// What the proxy needs, shared by every request.
 pub struct Proxy {
@@ -53,8 +55,39 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
         }
     };
 
+    // The server span of the trace; the service's handler continues it.
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{} {}", parts.method, target.route),
+        otel.kind = "server",
+        http.request.method = %parts.method,
+        http.route = %target.route,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    microcore::telemetry::continue_trace(&span, &parts.headers);
+    let response = relay(&proxy, &parts, body, target, params)
+        .instrument(span.clone())
+        .await;
+    // As i64: OpenTelemetry has no unsigned attribute values.
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    response
+}
+
+/// Authenticates, reads the body and sends the request to `target`.
+async fn relay(
+    proxy: &Proxy,
+    parts: &Parts,
+    body: Body,
+    target: &Target,
+    params: Vec<(&str, &str)>,
+) -> Response {
+    let path = parts.uri.path();
     let user = if target.auth {
-        match auth::authenticate(proxy.auth.as_ref(), &parts) {
+        match auth::authenticate(proxy.auth.as_ref(), parts) {
             Ok(claims) => Some(claims),
             Err(refused) => return refused.into_response(),
         }
@@ -115,6 +148,7 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     if let Some(query) = parts.uri.query() {
         headers.insert(HeaderName::from_static("mc-query"), value(query));
     }
+    microcore::telemetry::inject(&tracing::Span::current(), &mut headers);
     if let Some(claims) = user {
         headers.insert(
             HeaderName::from_static("mc-auth"),

@@ -33,6 +33,7 @@ pub mod http;
 pub mod logs;
 pub mod micro;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod system;
 pub mod wait;

@@ -1,15 +1,32 @@
-//! Logging setup shared by every binary.
+//! Logs and traces, set up once per process by [`init`].
 //!
-//! Lines are JSON when stderr is not a terminal (containers, log shippers)
-//! and human-readable when it is; `MC_LOG_FORMAT=json` or `pretty` decides
-//! explicitly. `RUST_LOG` filters (default `info,sqlx=warn`). Every line
-//! carries the fields of the spans it happens in: the service and its
-//! instance id, and inside a handler the plugin, the request id and the
-//! route.
+//! - **Logs** are JSON lines when stderr is not a terminal (containers, log
+//!   shippers) and human-readable when it is; `MC_LOG_FORMAT=json` or
+//!   `pretty` decides explicitly, `RUST_LOG` filters (default
+//!   `info,sqlx=warn`). Every line carries the fields of the spans it
+//!   happens in: the service and its instance, and inside a handler the
+//!   plugin, the request id and the route.
+//! - **Traces** go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!   (or `…_TRACES_ENDPOINT`) is set, over HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`
+//!   `http/protobuf`, the default, or `http/json`), sampled as
+//!   `OTEL_TRACES_SAMPLER` says, named by `OTEL_SERVICE_NAME` or the
+//!   service. Unset, no span leaves the process and nothing is exported.
+//!   The W3C trace context rides in the headers of every message
+//!   ([`inject`], [`extract`]), so one trace follows a request through
+//!   every service it touches.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use http::HeaderMap;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,29 +51,152 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let (format, unknown) = match LogFormat::from_env() {
+/// Keeps the trace exporter running; dropping it flushes what is
+/// buffered. Hold it for the life of `main`.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// True when spans are exported.
+    pub fn exports_traces(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("could not flush the last spans: {e}");
+        }
+    }
+}
+
+/// Installs logging and, when configured, trace export for the process
+/// serving `service`. A second call installs nothing.
+pub fn init(service: &str) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let (format, unknown_format) = match LogFormat::from_env() {
         Ok(format) => (format, None),
         Err(unknown) => (LogFormat::Pretty, Some(unknown)),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .try_init(),
-        LogFormat::Pretty => builder
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    if let Some(unknown) = unknown {
+    let (tracer_provider, export_error) = match tracer_provider(service) {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
+    // Spans are traced whatever RUST_LOG lets the logs show.
+    let traces = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("microcore"))
+            .with_filter(LevelFilter::INFO)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init()
+        .is_ok();
+    if let Some(unknown) = unknown_format {
         tracing::warn!("{unknown}; writing pretty logs");
+    }
+    if let Some(e) = export_error {
+        tracing::warn!(error = %e, "OTLP trace export is configured but could not start; no spans are exported");
+    }
+    Telemetry {
+        tracer_provider: tracer_provider.filter(|_| installed),
+    }
+}
+
+/// The exporting provider when an OTLP endpoint is configured.
+fn tracer_provider(
+    service: &str,
+) -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    if !configured {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(Some(provider))
+}
+
+/// Writes the trace context of `span` into `headers` (`traceparent`,
+/// `tracestate`), replacing any there.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
+
+/// Makes the trace context `headers` carry the parent of `span`; nothing
+/// when they carry none.
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    // Only fails when tracing is not installed: nothing to continue then.
+    let _ = span.set_parent(parent);
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    #[test]
+    fn a_traceparent_header_is_read_back_as_the_same_context() {
+        let propagator = TraceContextPropagator::new();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let context = propagator.extract(&HeaderExtractor(&headers));
+        let span = context.span();
+        let remote = span.span_context();
+        assert_eq!(
+            remote.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let mut out = HeaderMap::new();
+        propagator.inject_context(&context, &mut HeaderInjector(&mut out));
+        assert_eq!(out["traceparent"], headers["traceparent"]);
     }
 }

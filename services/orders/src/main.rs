@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("orders");
     microcore::Service::from_env(orders::domain())?
         .run()
         .await?;

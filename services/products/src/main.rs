@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("products");
     microcore::Service::from_env(products::domain())?
         .run()
         .await?;

@@ -72,7 +72,7 @@ impl WhoamiPlugin {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("auth-probe");
     let domain = Domain::new("auth-probe", env!("CARGO_PKG_VERSION"))
         .plugins(vec![PluginEntry::of::<WhoamiPlugin>("whoami")]);
     Service::from_env(domain)?.run().await?;

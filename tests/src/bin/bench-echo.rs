@@ -201,7 +201,7 @@ fn micros_since_epoch() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("bench");
     let domain = Domain::new("bench", env!("CARGO_PKG_VERSION")).plugins(vec![
         PluginEntry::of::<PingPlugin>("ping"),
         PluginEntry::of::<PublishPlugin>("publish"),

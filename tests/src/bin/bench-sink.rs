@@ -141,7 +141,7 @@ fn micros_since_epoch() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("bench-sink");
     let domain = Domain::new("bench-sink", env!("CARGO_PKG_VERSION"))
         .plugins(vec![PluginEntry::of::<SinkPlugin>("sink")]);
     Service::from_env(domain)?.run().await?;

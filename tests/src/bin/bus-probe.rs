@@ -282,7 +282,7 @@ async fn record_handled(db: &Db, event: &EventEnvelope<Work>, subscriber: &str) 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    microcore::telemetry::init_logging();
+    let _telemetry = microcore::telemetry::init("probe");
     let domain = Domain::new("probe", env!("CARGO_PKG_VERSION"))
         .plugins(vec![
             PluginEntry::of::<WorkerPlugin>("worker"),

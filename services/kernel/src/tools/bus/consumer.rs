@@ -142,7 +142,25 @@ struct Worker {
 }
 
 impl Worker {
+    /// Handles one delivery in a consumer span, a child of the span that
+    /// published the event: the trace goes on across services.
     async fn handle(&self, delivery: Delivery, envelope: EventEnvelope) {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", envelope.event),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %envelope.event,
+            messaging.message.id = %envelope.id,
+            messaging.consumer.group.name = %self.subscription.subscriber,
+        );
+        crate::telemetry::continue_trace(&span, &delivery.message.headers);
+        self.settle(delivery, envelope).instrument(span).await;
+    }
+
+    /// Runs the handler, then acks, retries or dead-letters the delivery.
+    async fn settle(&self, delivery: Delivery, envelope: EventEnvelope) {
         let sub = &self.subscription;
         let attempt = delivery.attempt;
         let last_attempt = attempt > sub.retries;

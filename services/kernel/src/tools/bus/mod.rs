@@ -25,6 +25,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use shared_schemas::Subjects;
 use shared_schemas::events::EventEnvelope;
+use tracing::Instrument;
 
 use crate::causality;
 use crate::plugin::PluginId;
@@ -184,9 +185,13 @@ impl Publication<'_> {
     pub async fn publish<P: Serialize>(self, payload: &P) -> Result<String, BusError> {
         let (id, body) = self.envelope(payload)?;
         let subject = self.bus.subjects.event(&self.event);
+        let span = producer_span(&self.event, &subject, &id);
+        let mut headers = HeaderMap::new();
+        crate::telemetry::inject(&span, &mut headers);
         self.bus
             .transport
-            .publish_durable(&subject, &id, Message::new(HeaderMap::new(), body))
+            .publish_durable(&subject, &id, Message::new(headers, body))
+            .instrument(span)
             .await?;
         Ok(id)
     }
@@ -198,7 +203,14 @@ impl Publication<'_> {
         payload: &P,
     ) -> Result<String, BusError> {
         let (id, body) = self.envelope(payload)?;
-        outbox::stage(tx, &id, &self.bus.subjects.event(&self.event), &body).await?;
+        let subject = self.bus.subjects.event(&self.event);
+        // The relay publishes later; the event still belongs to this trace.
+        let span = producer_span(&self.event, &subject, &id);
+        let mut trace = HeaderMap::new();
+        crate::telemetry::inject(&span, &mut trace);
+        outbox::stage(tx, &id, &subject, &body, &trace)
+            .instrument(span)
+            .await?;
         Ok(id)
     }
 
@@ -214,6 +226,19 @@ impl Publication<'_> {
             .map_err(|e| BusError::Serialize(self.event.clone(), e))?;
         Ok((envelope.id, body))
     }
+}
+
+/// The span of publishing one event (OpenTelemetry messaging conventions).
+fn producer_span(event: &str, subject: &str, id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {event}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = %subject,
+        messaging.message.id = %id,
+    )
 }
 
 /// A fresh envelope for `payload`, caused by whatever the current task

@@ -13,12 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use sqlx::{AssertSqlSafe, Executor};
 use tokio_util::sync::CancellationToken;
 
 use crate::tools::{Db, DbError, Engine, Transaction};
 use crate::transport::{Message, Transport, TransportError};
+
+/// The W3C trace context header, kept with a staged event.
+const TRACEPARENT: &str = "traceparent";
+
+/// A staged event: position, id, subject, body, trace context.
+type Staged = (i64, String, String, String, Option<String>);
 
 /// Rows relayed per round trip.
 const BATCH: i64 = 256;
@@ -45,6 +51,7 @@ pub(crate) async fn ensure_outbox_table(db: &Db) -> Result<(), DbError> {
                 id TEXT NOT NULL,
                 subject TEXT NOT NULL,
                 body TEXT NOT NULL,
+                traceparent TEXT,
                 staged_at_ms BIGINT NOT NULL
             )"
         )))
@@ -66,16 +73,22 @@ pub(super) async fn stage(
     id: &str,
     subject: &str,
     body: &[u8],
+    trace: &HeaderMap,
 ) -> Result<(), DbError> {
     // Envelopes are JSON, so always UTF-8.
     let body = String::from_utf8_lossy(body);
-    sqlx::query("INSERT INTO mc_outbox (id, subject, body, staged_at_ms) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(subject)
-        .bind(body.as_ref())
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
+    let traceparent = trace.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    sqlx::query(
+        "INSERT INTO mc_outbox (id, subject, body, traceparent, staged_at_ms)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(subject)
+    .bind(body.as_ref())
+    .bind(traceparent)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
     tx.staged_event();
     Ok(())
 }
@@ -139,11 +152,11 @@ impl OutboxRelay {
         let delay = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
         // Claimed and deleted in one statement; the deletion only counts if
         // every event is published, or the rollback puts the rows back.
-        let mut rows: Vec<(i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        let mut rows: Vec<Staged> = sqlx::query_as(AssertSqlSafe(format!(
             "DELETE FROM mc_outbox WHERE position IN (
                     SELECT position FROM mc_outbox
                     WHERE staged_at_ms <= $2 ORDER BY position LIMIT $1{claim}
-                 ) RETURNING position, id, subject, body"
+                 ) RETURNING position, id, subject, body, traceparent"
         )))
         .bind(BATCH)
         .bind(now_ms().saturating_sub(delay))
@@ -156,8 +169,15 @@ impl OutboxRelay {
         // Publish order is staging order, so events with a key stay in
         // order.
         rows.sort_unstable_by_key(|(position, ..)| *position);
-        let published = join_all(rows.iter().map(|(_, id, subject, body)| {
-            let message = Message::new(HeaderMap::new(), body.clone().into_bytes());
+        let published = join_all(rows.iter().map(|(_, id, subject, body, traceparent)| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = traceparent
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                headers.insert(TRACEPARENT, value);
+            }
+            let message = Message::new(headers, body.clone().into_bytes());
             self.transport.publish_durable(subject, id, message)
         }))
         .await;

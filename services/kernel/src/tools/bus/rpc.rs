@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared_schemas::ApiResponse;
 use shared_schemas::events::EventEnvelope;
+use tracing::Instrument;
 
 use super::subscribe::{SubscribeError, check_name};
 use super::{Bus, envelope};
@@ -81,13 +82,20 @@ impl Bus {
         let envelope = envelope(&self.identity(), name, request);
         let body =
             serde_json::to_vec(&envelope).map_err(|e| RpcError::Serialize(name.to_owned(), e))?;
+        let subject = self.subjects.rpc(name);
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("request {name}"),
+            otel.kind = "client",
+            rpc.system = "nats",
+            rpc.method = %name,
+        );
+        let mut headers = HeaderMap::new();
+        crate::telemetry::inject(&span, &mut headers);
         let reply = self
             .transport
-            .request(
-                &self.subjects.rpc(name),
-                Message::new(HeaderMap::new(), body),
-                timeout,
-            )
+            .request(&subject, Message::new(headers, body), timeout)
+            .instrument(span)
             .await
             .map_err(|e| match e {
                 RequestError::NoResponders(_) => RpcError::NoResponder(name.to_owned()),
@@ -187,8 +195,22 @@ fn failed(
     ApiResponse::error("the handler failed")
 }
 
-/// Answers one request with `responder`.
+/// Answers one request with `responder`, in a server span continuing the
+/// caller's trace.
 pub(crate) async fn serve(responder: &Responder, incoming: Incoming) {
+    let span = tracing::info_span!(
+        "respond",
+        otel.name = %format_args!("respond {}", responder.name),
+        otel.kind = "server",
+        rpc.system = "nats",
+        rpc.method = %responder.name,
+        plugin = %responder.plugin,
+    );
+    crate::telemetry::continue_trace(&span, &incoming.message.headers);
+    answer(responder, incoming).instrument(span).await;
+}
+
+async fn answer(responder: &Responder, incoming: Incoming) {
     let reply = match serde_json::from_slice::<EventEnvelope>(&incoming.message.body) {
         Ok(envelope) => (responder.handler)(envelope).await,
         Err(e) => ApiResponse::error(format!("invalid request envelope: {e}")),

@@ -1,0 +1,155 @@
+//! One trace across the fleet: an order placed through the gateway is
+//! followed, with OTLP export on in every process, from the gateway's
+//! server span through the orders handler, its request to the catalogue,
+//! the `order.placed` it publishes and the consumers of it in two other
+//! services, to the `stock.reserved` the catalogue answers with.
+
+use std::time::Duration;
+
+use microcore_e2e::System;
+use microcore_e2e::otlp::{Collector, Span};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+const PRODUCER: i64 = 4;
+const CONSUMER: i64 = 5;
+
+/// The one span of `trace` from `service` called `name`.
+#[track_caller]
+fn span<'a>(trace: &'a [Span], service: &str, name: &str) -> &'a Span {
+    let found: Vec<&Span> = trace
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    match found.as_slice() {
+        [one] => one,
+        _ => panic!(
+            "expected one `{name}` span from {service}, found {}: {:#?}",
+            found.len(),
+            trace
+                .iter()
+                .map(|s| (&s.service, &s.name, &s.span_id, &s.parent_span_id))
+                .collect::<Vec<_>>()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn one_trace_follows_an_order_through_every_service_it_touches() {
+    let collector = Collector::start().await;
+    let mut builder = System::builder()
+        .gateway_env("MC_AUTH_SECRET", SECRET)
+        .service_env("MC_AUTH_SECRET", SECRET);
+    for (name, value) in collector.env() {
+        builder = builder.gateway_env(name, &value).service_env(name, &value);
+    }
+    let mut system = builder.start().await;
+    let mut services = Vec::new();
+    for name in ["products", "users", "orders", "notifications"] {
+        services.push(system.start_service(name, name, &[]).await);
+    }
+    system.start_gateway().await;
+    system.wait_until_routable().await;
+
+    let http = system.http();
+    let account = json!({"email": "ada@example.com", "password": "correct horse", "name": "Ada"});
+    http.post_json("/users", &account)
+        .await
+        .expect_success(StatusCode::CREATED);
+    let login = http
+        .post_json(
+            "/auth/login",
+            &json!({"email": "ada@example.com", "password": "correct horse"}),
+        )
+        .await
+        .expect_success(StatusCode::OK);
+    let token = login["access_token"].as_str().expect("a token").to_owned();
+    let teapot = http
+        .post_json(
+            "/products",
+            &json!({"name": "Teapot", "price": 12.5, "stock": 3}),
+        )
+        .await
+        .expect_success(StatusCode::CREATED)["id"]
+        .clone();
+    // The client starts the trace; every span below belongs to it.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    http.send(
+        http.request(Method::POST, "/orders")
+            .bearer_auth(&token)
+            .header(
+                "traceparent",
+                format!("00-{client_trace}-00f067aa0ba902b7-01"),
+            )
+            .json(&json!({"lines": [{"product_id": teapot, "quantity": 1}]})),
+    )
+    .await
+    .expect_success(StatusCode::CREATED);
+
+    let trace = system
+        .wait_for("the consumers' spans", Duration::from_secs(20), || async {
+            let trace: Vec<Span> = collector
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == client_trace)
+                .collect();
+            let consumed = |service: &str, name: &str| {
+                trace.iter().any(|s| s.service == service && s.name == name)
+            };
+            (consumed("notifications", "process order.placed")
+                && consumed("products", "process order.placed")
+                && consumed("orders", "process stock.reserved"))
+            .then_some(trace)
+        })
+        .await;
+
+    let gateway = span(&trace, "gateway", "POST /orders");
+    assert_eq!(gateway.kind, SERVER);
+    assert_eq!(
+        gateway.parent_span_id, "00f067aa0ba902b7",
+        "the client's span"
+    );
+    assert_eq!(gateway.attributes["http.route"], "/orders");
+    assert_eq!(gateway.attributes["http.response.status_code"], 201);
+
+    let handler = span(&trace, "orders", "POST /orders");
+    assert_eq!(handler.kind, SERVER);
+    assert_eq!(handler.parent_span_id, gateway.span_id, "over NATS");
+
+    let quote = span(&trace, "orders", "request products.quote");
+    assert_eq!(
+        (quote.kind, &quote.parent_span_id),
+        (CLIENT, &handler.span_id)
+    );
+    let answer = span(&trace, "products", "respond products.quote");
+    assert_eq!(
+        (answer.kind, &answer.parent_span_id),
+        (SERVER, &quote.span_id)
+    );
+
+    let placed = span(&trace, "orders", "publish order.placed");
+    assert_eq!(
+        (placed.kind, &placed.parent_span_id),
+        (PRODUCER, &handler.span_id)
+    );
+    for service in ["products", "notifications"] {
+        let consumed = span(&trace, service, "process order.placed");
+        assert_eq!(consumed.kind, CONSUMER);
+        assert_eq!(
+            consumed.parent_span_id, placed.span_id,
+            "{service}: through the outbox"
+        );
+    }
+    let reserved = span(&trace, "products", "publish stock.reserved");
+    let reserving = span(&trace, "products", "process order.placed");
+    assert_eq!(reserved.parent_span_id, reserving.span_id);
+    let settled = span(&trace, "orders", "process stock.reserved");
+    assert_eq!(settled.parent_span_id, reserved.span_id);
+
+    // The user's registration is another trace, never this one.
+    assert!(trace.iter().all(|s| s.name != "POST /users"));
+}
