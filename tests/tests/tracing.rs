@@ -150,6 +150,31 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
     let settled = span(&trace, "orders", "process stock.reserved");
     assert_eq!(settled.parent_span_id, reserved.span_id);
 
+    // The SQL of each handler, under it, with placeholders and no values.
+    let insert = span(&trace, "orders", "INSERT orders");
+    assert_eq!(
+        (insert.kind, &insert.parent_span_id),
+        (CLIENT, &handler.span_id)
+    );
+    let text = insert.attributes["db.query.text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.starts_with("INSERT INTO orders") && text.contains("$1"),
+        "{text}"
+    );
+    assert!(!text.contains("12.5"), "no bound value: {text}");
+    let staged = trace
+        .iter()
+        .find(|s| s.name == "INSERT mc_outbox" && s.service == "orders")
+        .expect("the outbox row's statement");
+    assert_eq!(
+        staged.parent_span_id, placed.span_id,
+        "staged while publishing"
+    );
+    let taken = span(&trace, "products", "UPDATE products");
+    assert_eq!(taken.parent_span_id, reserving.span_id);
+
     // The user's registration is another trace, never this one.
     assert!(trace.iter().all(|s| s.name != "POST /users"));
 }

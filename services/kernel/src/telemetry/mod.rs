@@ -12,8 +12,11 @@
 //!   `OTEL_TRACES_SAMPLER` says, named by `OTEL_SERVICE_NAME` or the
 //!   service. Unset, no span leaves the process and nothing is exported.
 //!   The W3C trace context rides in the headers of every message
-//!   ([`inject`], [`extract`]), so one trace follows a request through
-//!   every service it touches.
+//!   ([`inject`], [`continue_trace`]), so one trace follows a request
+//!   through every service it touches, its SQL statements included (see
+//!   [`sql`]).
+
+mod sql;
 
 use std::io::IsTerminal;
 
@@ -23,7 +26,7 @@ use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -108,9 +111,25 @@ pub fn init(service: &str) -> Telemetry {
             .with_tracer(provider.tracer("microcore"))
             .with_filter(LevelFilter::INFO)
     });
+    // sqlx logs each statement at debug level; only this layer asks for
+    // it, and only while spans are exported. It sees the spans too, to
+    // place each statement under its handler. (It is always in the stack:
+    // an `Option` layer would not learn its dispatcher.)
+    let exporting = tracer_provider.is_some();
+    let sql_spans = sql::SqlSpans::new(
+        tracer_provider
+            .as_ref()
+            .map(|provider| provider.tracer("microcore.sql")),
+    )
+    .with_filter(filter_fn(move |metadata| {
+        exporting
+            && (metadata.target() == sql::TARGET
+                || (metadata.is_span() && *metadata.level() <= tracing::Level::INFO))
+    }));
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(traces)
+        .with(sql_spans)
         .try_init()
         .is_ok();
     if let Some(unknown) = unknown_format {
