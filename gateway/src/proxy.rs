@@ -64,6 +64,8 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
         http.route = %target.route,
         url.path = %path,
         http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     microcore::telemetry::continue_trace(&span, &parts.headers);
     let response = relay(&proxy, &parts, body, target, params)

@@ -43,7 +43,8 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
     let collector = Collector::start().await;
     let mut builder = System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
-        .service_env("MC_AUTH_SECRET", SECRET);
+        .service_env("MC_AUTH_SECRET", SECRET)
+        .service_env("RUST_LOG", "info,microcore=debug");
     for (name, value) in collector.env() {
         builder = builder.gateway_env(name, &value).service_env(name, &value);
     }
@@ -177,4 +178,40 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
 
     // The user's registration is another trace, never this one.
     assert!(trace.iter().all(|s| s.name != "POST /users"));
+
+    // Log lines name their trace and span.
+    let other_trace = "0af7651916cd43dd8448eb211c80319c";
+    http.send(
+        http.request(Method::POST, "/orders")
+            .bearer_auth(&token)
+            .header(
+                "traceparent",
+                format!("00-{other_trace}-b7ad6b7169203331-01"),
+            )
+            .json(&json!({"lines": "not a list"})),
+    )
+    .await
+    .expect_error(StatusCode::UNPROCESSABLE_ENTITY);
+    let log = services[2].process().log_path().to_owned();
+    let line = system
+        .wait_for("the refusal's log line", Duration::from_secs(5), || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .find(|l| l["message"] == "invalid input")
+            }
+        })
+        .await;
+    let request = line["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "request"))
+        .unwrap_or_else(|| panic!("no request span in {line}"));
+    assert_eq!(request["trace_id"], other_trace, "{line}");
+    assert_eq!(
+        request["span_id"].as_str().map(str::len),
+        Some(16),
+        "{line}"
+    );
 }

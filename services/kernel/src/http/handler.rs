@@ -67,6 +67,8 @@ async fn answer(route: &Route, request: &Message) -> Message {
         route = %format_args!("{} {}", route.method, route.path),
         http.request.method = %route.method,
         http.route = %route.path,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     // The gateway's span is the parent: one trace from the client on.
     crate::telemetry::continue_trace(&span, headers);

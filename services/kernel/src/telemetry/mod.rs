@@ -21,7 +21,7 @@ mod sql;
 use std::io::IsTerminal;
 
 use http::HeaderMap;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -180,20 +180,28 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     });
 }
 
-/// Makes the trace context `headers` carry the parent of `span`; nothing
-/// when they carry none.
+/// Makes the trace context `headers` carry the parent of `span` (nothing
+/// when they carry none), and records the span's `trace_id` and `span_id`
+/// fields, where it declares them, so its log lines name their trace.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(headers))
     });
     // Only fails when tracing is not installed: nothing to continue then.
-    let _ = span.set_parent(parent);
+    if span.set_parent(parent).is_err() {
+        return;
+    }
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::TraceContextExt;
 
     use super::*;
 

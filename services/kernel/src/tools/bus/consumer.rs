@@ -154,6 +154,8 @@ impl Worker {
             messaging.destination.name = %envelope.event,
             messaging.message.id = %envelope.id,
             messaging.consumer.group.name = %self.subscription.subscriber,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, &delivery.message.headers);
         self.settle(delivery, envelope).instrument(span).await;

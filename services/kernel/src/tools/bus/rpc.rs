@@ -205,6 +205,8 @@ pub(crate) async fn serve(responder: &Responder, incoming: Incoming) {
         rpc.system = "nats",
         rpc.method = %responder.name,
         plugin = %responder.plugin,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, &incoming.message.headers);
     answer(responder, incoming).instrument(span).await;
