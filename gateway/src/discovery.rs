@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub live_services: usize,
     /// The transports live instances run on (`nats`, `in-process`).
     pub transports: BTreeSet<String>,
+    /// Every known service, in order of appearance, with its live
+    /// instances as they describe themselves.
+    pub fleet: Vec<(String, Vec<Arc<ServiceInfo>>)>,
 }
 
 /// `/system/routes`.
@@ -75,14 +78,13 @@ struct Service {
 
 struct Instance {
     claims: Vec<Claim>,
-    transport: Option<String>,
+    info: Arc<ServiceInfo>,
     last_seen: Instant,
 }
 
 impl Registry {
     fn up(&mut self, info: ServiceInfo, subjects: &Subjects, now: Instant) {
         let claims = claims(&info, subjects);
-        let transport = info.metadata.get(meta::TRANSPORT).cloned();
         let next = &mut self.next_seen;
         let service = self.services.entry(info.name.clone()).or_insert_with(|| {
             *next += 1;
@@ -96,10 +98,10 @@ impl Registry {
         service.gone_since = None;
         service.last_claims = claims.clone();
         service.instances.insert(
-            info.id,
+            info.id.clone(),
             Instance {
                 claims,
-                transport,
+                info: Arc::new(info),
                 last_seen: now,
             },
         );
@@ -132,10 +134,10 @@ impl Registry {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut services: Vec<&Service> = self.services.values().collect();
-        services.sort_by_key(|s| s.first_seen);
+        let mut services: Vec<(&String, &Service)> = self.services.iter().collect();
+        services.sort_by_key(|(_, s)| s.first_seen);
         let mut all: Vec<Claim> = Vec::new();
-        for service in &services {
+        for (_, service) in &services {
             if service.instances.is_empty() {
                 // Still routable (503 at once) until the retention elapses.
                 all.extend(service.last_claims.iter().cloned());
@@ -160,11 +162,23 @@ impl Registry {
         conflicts.extend(schema_conflicts);
         Snapshot {
             openapi: Bytes::from(serde_json::to_vec(&document).unwrap_or_default()),
-            live_services: services.iter().filter(|s| !s.instances.is_empty()).count(),
+            live_services: services
+                .iter()
+                .filter(|(_, s)| !s.instances.is_empty())
+                .count(),
             transports: services
                 .iter()
-                .flat_map(|s| s.instances.values())
-                .filter_map(|i| i.transport.clone())
+                .flat_map(|(_, s)| s.instances.values())
+                .filter_map(|i| i.info.metadata.get(meta::TRANSPORT).cloned())
+                .collect(),
+            fleet: services
+                .iter()
+                .map(|(name, s)| {
+                    let mut instances: Vec<Arc<ServiceInfo>> =
+                        s.instances.values().map(|i| i.info.clone()).collect();
+                    instances.sort_by(|a, b| a.id.cmp(&b.id));
+                    ((*name).clone(), instances)
+                })
                 .collect(),
             conflicts,
             table,

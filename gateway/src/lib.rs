@@ -15,6 +15,7 @@ mod envelope;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
+mod system;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,7 +38,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 pub use config::GatewayConfig;
 
-use crate::discovery::RoutesView;
 use crate::proxy::Proxy;
 
 /// The longest client `X-Request-ID` kept; longer ones are replaced.
@@ -91,7 +91,8 @@ impl Gateway {
         Router::new()
             .route("/openapi.json", get(proxy::openapi))
             .route("/health", get(health))
-            .route("/system/routes", get(system_routes))
+            .route("/system/routes", get(system::routes))
+            .route("/system/status", get(system::status))
             .merge(docs::router())
             .fallback(proxy::forward)
             .with_state(self.proxy.clone())
@@ -150,12 +151,4 @@ async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
         "services": snapshot.live_services,
         "transports": snapshot.transports,
     }))
-}
-
-async fn system_routes(State(proxy): State<Arc<Proxy>>) -> Response {
-    let snapshot = proxy.routes.load();
-    envelope::ok(RoutesView {
-        routes: &snapshot.table.routes,
-        conflicts: &snapshot.conflicts,
-    })
 }

@@ -42,6 +42,7 @@ pub fn merge<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Value, Vec<Con
             }
         }
     }
+    paths.extend(system_paths());
     let document = json!({
         "openapi": "3.1.0",
         "info": {
@@ -58,6 +59,43 @@ pub fn merge<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Value, Vec<Con
         },
     });
     (document, conflicts)
+}
+
+/// The gateway's own endpoints, under the `System` tag.
+fn system_paths() -> Map<String, Value> {
+    let operation = |id: &str, summary: &str| {
+        json!({"get": {
+            "operationId": id,
+            "tags": ["System"],
+            "summary": summary,
+            "responses": {"200": {
+                "description": "OK",
+                "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["success", "data", "error"],
+                    "properties": {
+                        "success": {"type": "boolean", "const": true},
+                        "data": {"type": "object"},
+                        "error": {"type": "null"},
+                    },
+                }}},
+            }},
+        }})
+    };
+    [
+        ("/health", operation("health", "Liveness, live services and their transports")),
+        ("/system/routes", operation("system_routes", "The route table and its conflicts")),
+        (
+            "/system/status",
+            operation(
+                "system_status",
+                "Every service and instance: plugins (ready or dead, and why), endpoints, subscriptions",
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(path, item)| (path.to_owned(), item))
+    .collect()
 }
 
 #[cfg(test)]

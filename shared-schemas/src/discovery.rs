@@ -29,6 +29,16 @@ pub mod meta {
     /// Service metadata: the transport the instance runs on, `nats` or
     /// `in-process` (events in memory only, lost when the process stops).
     pub const TRANSPORT: &str = "microcore.transport";
+    /// Service metadata: when the instance started, RFC 3339.
+    pub const STARTED: &str = "microcore.started";
+    /// Service metadata: the host the instance runs on.
+    pub const HOST: &str = "microcore.host";
+    /// Service metadata: its plugins and their states, a JSON list of
+    /// [`PluginStatus`](super::PluginStatus).
+    pub const PLUGINS: &str = "microcore.plugins";
+    /// Service metadata: its event subscriptions, a JSON list of
+    /// [`SubscriptionInfo`](super::SubscriptionInfo).
+    pub const SUBSCRIPTIONS: &str = "microcore.subscriptions";
 }
 
 /// One instance's answer to `$SRV.INFO` (micro protocol
@@ -56,6 +66,29 @@ pub struct EndpointInfo {
     pub queue_group: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: HashMap<String, String>,
+}
+
+/// One plugin of an instance, as it booted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// `service.plugin`.
+    pub plugin: String,
+    /// `ready` or `dead`.
+    pub state: String,
+    /// Why a dead plugin is dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One event subscription of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    /// `service.plugin.name`.
+    pub subscriber: String,
+    pub event: String,
+    /// `plugin` (one delivery per subscribing plugin), `group:<name>` or
+    /// `broadcast`.
+    pub audience: String,
 }
 
 /// Payload of a down announcement.

@@ -143,6 +143,9 @@ async fn the_document_is_openapi_3_1_with_exactly_the_live_operations() {
         }
     }
     let expected: BTreeSet<String> = [
+        "get /health",
+        "get /system/routes",
+        "get /system/status",
         "get /products",
         "get /products/{id}",
         "post /products",

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod http;
 pub mod plugin;
 pub mod service;
+mod status;
 pub mod telemetry;
 pub mod tools;
 pub mod transport;

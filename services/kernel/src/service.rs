@@ -169,6 +169,7 @@ impl Service {
                     .map(|r| Endpoint::Rpc(Arc::new(r))),
             )
             .collect();
+        let subscriptions = bus.take_subscriptions();
         let spec = ServiceSpec {
             name: domain.name.to_owned(),
             version: domain.version.to_owned(),
@@ -177,13 +178,14 @@ impl Service {
                 .iter()
                 .map(|e| e.info(&subjects, domain.name))
                 .collect(),
+            metadata: crate::status::metadata(&states, &subscriptions),
         };
         // Consumers exist before the instance announces itself, so
         // whoever sees it up can count on its subscriptions.
         let tasks = TaskTracker::new();
         let consumers_stop = CancellationToken::new();
         let mut consumers = Vec::new();
-        for subscription in bus.take_subscriptions() {
+        for subscription in subscriptions {
             let plugin_bus = bus.for_plugin(&subscription.plugin);
             consumers.push(
                 bus::start_subscription(

@@ -10,6 +10,7 @@ mod jetstream;
 mod micro;
 mod nats;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +46,8 @@ pub struct ServiceSpec {
     pub version: String,
     pub description: String,
     pub endpoints: Vec<EndpointInfo>,
+    /// Announced beside what the transport adds (see [`meta`]).
+    pub metadata: HashMap<String, String>,
 }
 
 impl ServiceSpec {
@@ -56,19 +59,20 @@ impl ServiceSpec {
         endpoints: Vec<EndpointInfo>,
         transport: &str,
     ) -> ServiceInfo {
+        let mut metadata = self.metadata.clone();
+        metadata.extend([
+            (
+                meta::WIRE_VERSION.to_owned(),
+                shared_schemas::WIRE_VERSION.to_owned(),
+            ),
+            (meta::TRANSPORT.to_owned(), transport.to_owned()),
+        ]);
         ServiceInfo {
             name: self.name.clone(),
             id,
             version: self.version.clone(),
             description: self.description.clone(),
-            metadata: [
-                (
-                    meta::WIRE_VERSION.to_owned(),
-                    shared_schemas::WIRE_VERSION.to_owned(),
-                ),
-                (meta::TRANSPORT.to_owned(), transport.to_owned()),
-            ]
-            .into(),
+            metadata,
             endpoints,
         }
     }

@@ -36,7 +36,7 @@ pub(crate) use consumer::start as start_subscription;
 pub(crate) use outbox::{OutboxRelay, ensure_outbox_table};
 pub use rpc::{RespondBuilder, RpcError};
 pub(crate) use rpc::{Responder, serve as serve_rpc};
-pub(crate) use subscribe::Subscription;
+pub(crate) use subscribe::{Audience, Subscription};
 pub use subscribe::{EventResult, SubscribeBuilder, SubscribeError};
 
 /// Publishes, subscribes and asks on behalf of one plugin.
