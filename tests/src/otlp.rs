@@ -2,14 +2,27 @@
 //! they would to a collector (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`, a
 //! short batch delay), and the test reads the spans back, flattened, with
 //! the service that sent each.
+//!
+//! It also accepts the default protocol, `http/protobuf`, for the
+//! benchmark, which measures what export costs the way it is shipped:
+//! those spans are only counted ([`Collector::span_count`]), by walking
+//! the wire format down to them, so that the receiver, sharing the
+//! machine with the processes measured, costs them next to nothing.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value};
+
+/// The content type of `http/protobuf` export requests and answers.
+const PROTOBUF: &str = "application/x-protobuf";
 
 /// One exported span.
 #[derive(Debug, Clone)]
@@ -27,51 +40,82 @@ pub struct Span {
     pub attributes: Map<String, Value>,
 }
 
+/// What the receiver has been sent.
+#[derive(Default)]
+struct Received {
+    /// The spans of JSON export requests.
+    spans: Mutex<Vec<Span>>,
+    /// How many spans protobuf export requests carried.
+    protobuf_spans: AtomicUsize,
+    /// Export requests accepted, either protocol.
+    requests: AtomicUsize,
+}
+
 /// The receiver, serving on a loopback port until dropped.
 pub struct Collector {
     address: SocketAddr,
-    spans: Arc<Mutex<Vec<Span>>>,
+    received: Arc<Received>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
     pub async fn start() -> Self {
-        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+        let received: Arc<Received> = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port for the collector");
         let address = listener.local_addr().expect("its address");
         let app = Router::new()
             .route("/v1/traces", post(receive))
-            .with_state(spans.clone());
+            .with_state(received.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Self {
             address,
-            spans,
+            received,
             server,
         }
+    }
+
+    /// Its base URL, the value of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
     }
 
     /// The variables that point a process's trace export here.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", self.address),
-            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ]
     }
 
-    /// Every span received so far.
+    /// Every span received so far in JSON; protobuf ones are only
+    /// counted.
     pub fn spans(&self) -> Vec<Span> {
-        self.spans
+        self.received
+            .spans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// How many spans were received so far, either protocol.
+    pub fn span_count(&self) -> usize {
+        let json = self
+            .received
+            .spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        json + self.received.protobuf_spans.load(Ordering::Relaxed)
+    }
+
+    /// How many export requests were accepted so far, either protocol.
+    pub fn export_requests(&self) -> usize {
+        self.received.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -81,9 +125,36 @@ impl Drop for Collector {
     }
 }
 
-async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: String) -> &'static str {
-    let request: Value = serde_json::from_str(&body).unwrap_or_default();
-    let mut received = Vec::new();
+/// One export request: protobuf bodies are counted, anything else is
+/// read as JSON.
+async fn receive(
+    State(received): State<Arc<Received>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with(PROTOBUF));
+    if !protobuf {
+        receive_json(&received, &body);
+        received.requests.fetch_add(1, Ordering::Relaxed);
+        return "{}".into_response();
+    }
+    match count_protobuf_spans(&body) {
+        Some(count) => {
+            received.protobuf_spans.fetch_add(count, Ordering::Relaxed);
+            received.requests.fetch_add(1, Ordering::Relaxed);
+            // An empty `ExportTraceServiceResponse`: everything accepted.
+            ([(header::CONTENT_TYPE, PROTOBUF)], Bytes::new()).into_response()
+        }
+        None => (StatusCode::BAD_REQUEST, "not an ExportTraceServiceRequest").into_response(),
+    }
+}
+
+fn receive_json(received: &Received, body: &[u8]) {
+    let request: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut spans = Vec::new();
     for resource in request["resourceSpans"].as_array().into_iter().flatten() {
         let resource_attributes = attributes(&resource["resource"]["attributes"]);
         let service = resource_attributes
@@ -94,7 +165,7 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: String) -> &'
         for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
             for span in scope["spans"].as_array().into_iter().flatten() {
                 let text = |key: &str| span[key].as_str().unwrap_or_default().to_owned();
-                received.push(Span {
+                spans.push(Span {
                     service: service.clone(),
                     trace_id: text("traceId"),
                     span_id: text("spanId"),
@@ -106,11 +177,67 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: String) -> &'
             }
         }
     }
-    spans
+    received
+        .spans
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .extend(received);
-    "{}"
+        .extend(spans);
+}
+
+/// The spans of a protobuf `ExportTraceServiceRequest`, counted without
+/// decoding them: its `resource_spans` (field 1), their `scope_spans`
+/// (field 2), and their `spans` (field 2). `None` when the body is not
+/// well-formed protobuf.
+fn count_protobuf_spans(body: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    for resource_spans in length_delimited(body, 1)? {
+        for scope_spans in length_delimited(resource_spans, 2)? {
+            count += length_delimited(scope_spans, 2)?.len();
+        }
+    }
+    Some(count)
+}
+
+/// The length-delimited values of field `number` of a protobuf
+/// `message`, every other field skipped.
+fn length_delimited(message: &[u8], number: u64) -> Option<Vec<&[u8]>> {
+    let mut rest = message;
+    let mut values = Vec::new();
+    while !rest.is_empty() {
+        let key = varint(&mut rest)?;
+        match key & 0b111 {
+            // VARINT, I64, LEN, I32; groups are not in OTLP.
+            0 => {
+                varint(&mut rest)?;
+            }
+            1 => rest = rest.get(8..)?,
+            2 => {
+                let length = usize::try_from(varint(&mut rest)?).ok()?;
+                let (value, after) = rest.split_at_checked(length)?;
+                if key >> 3 == number {
+                    values.push(value);
+                }
+                rest = after;
+            }
+            5 => rest = rest.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(values)
+}
+
+/// Reads a base-128 varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// OTLP's `[{key, value: {stringValue | intValue | …}}]` as a map.
@@ -129,4 +256,40 @@ fn attributes(list: &Value) -> Map<String, Value> {
             Some((key, value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_protobuf_spans;
+
+    /// Field `number` as a LEN record holding `value`.
+    fn field(number: u8, value: &[u8]) -> Vec<u8> {
+        let mut record = vec![number << 3 | 2];
+        let mut length = value.len();
+        while length >= 0x80 {
+            record.push((length & 0x7f) as u8 | 0x80);
+            length >>= 7;
+        }
+        record.push(length as u8);
+        record.extend_from_slice(value);
+        record
+    }
+
+    #[test]
+    fn the_spans_of_a_protobuf_export_request_are_counted() {
+        // A span with a name and a fixed64 start time, as the SDK sends.
+        let span = [field(5, b"GET /products/{id}"), vec![7 << 3 | 1; 9]].concat();
+        let scope = |spans: usize| {
+            let mut scope = field(1, &field(1, b"microcore"));
+            for _ in 0..spans {
+                scope.extend(field(2, &span));
+            }
+            field(2, &scope)
+        };
+        let resource = field(1, &field(1, &[]));
+        let request = field(1, &[resource, scope(2), scope(3)].concat());
+        assert_eq!(count_protobuf_spans(&request), Some(5));
+        assert_eq!(count_protobuf_spans(&[]), Some(0));
+        assert_eq!(count_protobuf_spans(&request[..request.len() - 1]), None);
+    }
 }

@@ -41,9 +41,18 @@
 //! against it: (h) `GET /products/{id}` and (i) `POST /products`, with
 //! (h)/(a) and (i)/(b) saying how it compares with the distributed
 //! topology; see [`embedded`].
+//!
+//! After that, with `--tracing` (off by default: it starts four more
+//! systems and measures (a) and (b) on each), what tracing costs: (j) (a)
+//! and (b) again, each time on a fresh gateway and products service, with
+//! tracing off, on and sampling every trace, on at 10%, and off again;
+//! the spans exported to a receiver in the benchmark, and each
+//! configuration's throughput against the mean of the two "off" runs,
+//! whose difference is the noise; see [`tracing`].
 
 mod embedded;
 mod events;
+mod tracing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,13 +92,14 @@ const PONG: &[u8] = br#"{"success":true,"data":{"pong":true},"error":null}"#;
 
 const USAGE: &str = "\
 usage: bench [--duration-secs N] [--concurrency N] [--seed N]
-             [--events N] [--publish-concurrency N] [--event-rate N]
+             [--events N] [--publish-concurrency N] [--event-rate N] [--tracing]
   --duration-secs        measured seconds per HTTP scenario and of (g) (default 10)
   --concurrency          requests in flight, one keep-alive connection each (default 64)
   --seed                 products in the catalogue before the run (default 1000)
   --events               events published in (f), at most 10000000 (default 100000)
   --publish-concurrency  publishes in flight in (f), at most 4096 (default 256)
-  --event-rate           events per second offered in (g) (default 2000)";
+  --event-rate           events per second offered in (g) (default 2000)
+  --tracing              also measure (j), the cost of tracing: off, 100%, 10%, off again";
 
 struct Options {
     duration: Duration,
@@ -98,6 +108,8 @@ struct Options {
     events: u64,
     publish_concurrency: usize,
     event_rate: u64,
+    /// Whether to measure (j), the tracing overhead.
+    tracing: bool,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -108,12 +120,17 @@ fn parse_args() -> anyhow::Result<Options> {
         events: 100_000,
         publish_concurrency: 256,
         event_rate: 2000,
+        tracing: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--tracing" {
+            options.tracing = true;
+            continue;
         }
         let value = args
             .next()
@@ -582,6 +599,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
     drop((echo, sink, products));
     system.gateway().process().kill();
     let embedded_report = embedded::measure(embedded_bin.as_deref(), &client, &options).await?;
+    // Last, on their own systems, with every other process stopped.
+    let tracing_report = if options.tracing {
+        Some(tracing::measure(&client, &options).await?)
+    } else {
+        None
+    };
 
     print_report(&options, &rows);
     events::print_report(event_rows.as_deref());
@@ -590,6 +613,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         find(&rows, "(a)"),
         find(&rows, "(b)"),
     );
+    if let Some(report) = &tracing_report {
+        tracing::print_report(report);
+    }
     Ok(())
 }
 

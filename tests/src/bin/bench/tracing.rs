@@ -1,0 +1,336 @@
+//! (j): what tracing costs, with `--tracing`.
+//!
+//! The gateway and the services export OpenTelemetry spans over OTLP/HTTP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, sampled as
+//! `OTEL_TRACES_SAMPLER` says. Turning that on must not cost much: at 10%
+//! sampling less than 5% of the throughput, at 100% less than 15%. So in
+//! turn, for each of
+//!
+//! - off: no endpoint, so no span is built for export at all;
+//! - on, 100%: `always_on`;
+//! - on, 10%: `parentbased_traceidratio` at `0.1`, which the gateway
+//!   decides at the root (the load sends no `traceparent`) and the
+//!   products service follows;
+//! - off again,
+//!
+//! the benchmark starts a fresh distributed system (NATS, a database, the
+//! gateway and the products service, the processes of (a) and (b)),
+//! seeds it and measures (a) `GET /products/{id}` and (b) `POST
+//! /products` through the gateway, then reports each configuration's
+//! throughput against "off". Fresh systems, so that no configuration
+//! inherits another's table or stream; "off" measured here too rather
+//! than taken from (a) and (b), so that all of them run in the same
+//! conditions. And "off" twice, first and last: the targets are a few
+//! percent, less than what a shared machine drifts by over a minute, so
+//! the baseline is the mean of both, and how far they are apart is
+//! printed as the noise the other ratios are to be read against.
+//!
+//! Spans go to an OTLP receiver inside the benchmark ([`Collector`]), in
+//! the default protocol, `http/protobuf`, with the SDK's default batching
+//! (a batch every 5 s or every 512 spans, a queue of 2048): what a
+//! deployment gets unless it tunes them. The receiver only counts the
+//! spans, so it takes next to nothing from the shared cores; the count,
+//! taken once the processes have stopped gracefully (which flushes their
+//! last batch), shows that export really happened — none when off. Spans
+//! a full queue drops are neither exported nor counted: fewer spans per
+//! request at 100% than the sampling alone explains would mean the
+//! measured overhead leaves out work that was not done.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use microcore_e2e::otlp::Collector;
+use microcore_e2e::{System, wait};
+use sqlx::postgres::PgPoolOptions;
+
+use crate::{Measurement, Options, create, get_by_id, seed};
+
+/// The protocol spans are exported in: the exporter's default, named.
+const PROTOCOL: &str = "http/protobuf";
+
+/// The most throughput a configuration may lose against "off".
+const TARGET_LOSS_AT_10_PERCENT: f64 = 0.05;
+const TARGET_LOSS_AT_100_PERCENT: f64 = 0.15;
+
+/// One way of running the gateway and the products service.
+struct Configuration {
+    label: &'static str,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`; `None`: no
+    /// export at all.
+    sampler: Option<(&'static str, Option<&'static str>)>,
+    /// The most throughput it may lose against "off", for its target.
+    target_loss: Option<f64>,
+}
+
+const CONFIGURATIONS: [Configuration; 4] = [
+    Configuration {
+        label: "off (no OTLP endpoint)",
+        sampler: None,
+        target_loss: None,
+    },
+    Configuration {
+        label: "on, 100% (always_on)",
+        sampler: Some(("always_on", None)),
+        target_loss: Some(TARGET_LOSS_AT_100_PERCENT),
+    },
+    Configuration {
+        label: "on, 10% (parentbased_traceidratio 0.1)",
+        sampler: Some(("parentbased_traceidratio", Some("0.1"))),
+        target_loss: Some(TARGET_LOSS_AT_10_PERCENT),
+    },
+    Configuration {
+        label: "off again (no OTLP endpoint)",
+        sampler: None,
+        target_loss: None,
+    },
+];
+
+/// What one configuration measured.
+struct Run {
+    configuration: &'static Configuration,
+    get: Measurement,
+    create: Measurement,
+    /// Spans the receiver counted, the warm-ups' included.
+    spans: usize,
+    /// Export requests it accepted.
+    export_requests: usize,
+}
+
+/// Everything the tracing part measured, in [`CONFIGURATIONS`]' order.
+pub struct TracingReport {
+    runs: Vec<Run>,
+}
+
+/// The variables of `configuration` for the gateway and the services.
+fn environment(
+    configuration: &Configuration,
+    collector: &Collector,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![("RUST_LOG", "warn".to_owned())];
+    if let Some((sampler, argument)) = configuration.sampler {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()));
+        env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", PROTOCOL.to_owned()));
+        env.push(("OTEL_TRACES_SAMPLER", sampler.to_owned()));
+        if let Some(argument) = argument {
+            env.push(("OTEL_TRACES_SAMPLER_ARG", argument.to_owned()));
+        }
+    }
+    env
+}
+
+/// Starts a fresh system in `configuration`, seeds it, measures (a) and
+/// (b) through its gateway, and stops it.
+async fn run_one(
+    configuration: &'static Configuration,
+    client: &reqwest::Client,
+    options: &Options,
+) -> anyhow::Result<Run> {
+    eprintln!(
+        "tracing {}: starting NATS, a database, gateway, products…",
+        configuration.label
+    );
+    // Started for "off" too: that it receives nothing is part of the
+    // check.
+    let collector = Collector::start().await;
+    let mut builder = System::builder();
+    for (name, value) in environment(configuration, &collector) {
+        builder = builder.gateway_env(name, &value).service_env(name, &value);
+    }
+    let mut system = builder.start().await;
+    system.start_gateway().await;
+    let mut products = system.start_products().await;
+    system.wait_until_routable().await;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(system.db().url())
+        .await
+        .context("connecting to the database to seed it")?;
+    let ids = Arc::new(seed(&pool, options.seed).await?);
+    pool.close().await;
+
+    let gateway = system.http().base().to_owned();
+    eprintln!(
+        "tracing {}: measuring GET /products/{{id}}…",
+        configuration.label
+    );
+    let get = crate::measure(client, options, get_by_id(gateway.clone(), ids)).await;
+    eprintln!("tracing {}: measuring POST /products…", configuration.label);
+    let create = crate::measure(client, options, create(gateway)).await;
+
+    // A graceful stop flushes each exporter's last batch; once both have
+    // exited, every span they kept has been answered by the receiver.
+    system.gateway().process().terminate(wait::SHUTDOWN).await;
+    products.terminate().await;
+    Ok(Run {
+        configuration,
+        get,
+        create,
+        spans: collector.span_count(),
+        export_requests: collector.export_requests(),
+    })
+}
+
+/// Measures every configuration in turn, each on its own system.
+pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Result<TracingReport> {
+    let mut runs = Vec::new();
+    for configuration in &CONFIGURATIONS {
+        runs.push(run_one(configuration, client, options).await?);
+    }
+    Ok(TracingReport { runs })
+}
+
+/// The baseline the configurations are compared with: the mean
+/// throughput of the "off" runs, GET and POST.
+struct Baseline {
+    get_per_second: f64,
+    create_per_second: f64,
+}
+
+impl Baseline {
+    /// `None` when no "off" run is in `runs`.
+    fn of(runs: &[Run]) -> Option<Self> {
+        let off: Vec<&Run> = runs
+            .iter()
+            .filter(|run| run.configuration.sampler.is_none())
+            .collect();
+        if off.is_empty() {
+            return None;
+        }
+        let mean = |throughput: fn(&Run) -> f64| {
+            off.iter().map(|run| throughput(run)).sum::<f64>() / off.len() as f64
+        };
+        Some(Self {
+            get_per_second: mean(|run| run.get.per_second()),
+            create_per_second: mean(|run| run.create.per_second()),
+        })
+    }
+
+    /// `run`'s GET and POST throughput as multiples of the baseline's.
+    fn ratios(&self, run: &Run) -> (f64, f64) {
+        (
+            run.get.per_second() / self.get_per_second,
+            run.create.per_second() / self.create_per_second,
+        )
+    }
+}
+
+/// The tracing section: the load per configuration, its ratio to "off",
+/// the spans exported, and the targets.
+pub fn print_report(report: &TracingReport) {
+    println!();
+    let Some(baseline) = Baseline::of(&report.runs) else {
+        println!("tracing overhead: no configuration without tracing ran");
+        return;
+    };
+    println!(
+        "tracing overhead (j): a fresh gateway + products per configuration, (a) GET \
+         /products/{{id}} and (b) POST /products through the gateway; spans exported over \
+         OTLP/HTTP ({PROTOCOL}, the SDK's default batching) to a receiver in the benchmark that \
+         only counts them"
+    );
+    println!();
+    let width = report
+        .runs
+        .iter()
+        .map(|run| run.configuration.label.len())
+        .chain(["configuration".len()])
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{:<width$} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "configuration",
+        "GET req/s",
+        "p50 ms",
+        "p99 ms",
+        "POST req/s",
+        "p50 ms",
+        "p99 ms",
+        "GET / off",
+        "POST / off"
+    );
+    for run in &report.runs {
+        let (get_ratio, create_ratio) = baseline.ratios(run);
+        println!(
+            "{:<width$} {:>10.0} {:>8.2} {:>8.2} {:>10.0} {:>8.2} {:>8.2} {:>9.3}x {:>9.3}x",
+            run.configuration.label,
+            run.get.per_second(),
+            run.get.quantile_ms(0.50),
+            run.get.quantile_ms(0.99),
+            run.create.per_second(),
+            run.create.quantile_ms(0.50),
+            run.create.quantile_ms(0.99),
+            get_ratio,
+            create_ratio,
+        );
+    }
+    println!("/ off: throughput against the mean of the two runs without tracing, first and last");
+
+    println!();
+    println!(
+        "{:<width$} {:>8} {:>8} {:>12} {:>16} {:>20}",
+        "configuration", "requests", "errors", "spans", "export requests", "spans per request"
+    );
+    for run in &report.runs {
+        let requests = run.get.ok + run.create.ok;
+        let errors = run.get.errors + run.create.errors;
+        println!(
+            "{:<width$} {:>8} {:>8} {:>12} {:>16} {:>20.2}",
+            run.configuration.label,
+            requests,
+            errors,
+            run.spans,
+            run.export_requests,
+            run.spans as f64 / requests as f64
+        );
+    }
+    println!(
+        "requests: answered in the measured seconds of (a) and (b); spans: everything received, \
+         the warm-ups' (a fifth of the measured time or more) and the readiness probes' \
+         included, so spans per request overstates by about that share"
+    );
+
+    for run in &report.runs {
+        let exported = run.spans > 0;
+        if exported != run.configuration.sampler.is_some() {
+            println!(
+                "WARNING {}: {} spans received, which is not what it is configured for",
+                run.configuration.label, run.spans
+            );
+        }
+    }
+
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    println!();
+    for run in &report.runs {
+        let Some(target) = run.configuration.target_loss else {
+            continue;
+        };
+        let (get_ratio, create_ratio) = baseline.ratios(run);
+        let (get_loss, create_loss) = (1.0 - get_ratio, 1.0 - create_ratio);
+        println!(
+            "target {}: throughput loss < {:.0}%: GET {:.1}%, POST {:.1}%, {}",
+            run.configuration.label,
+            target * 100.0,
+            get_loss * 100.0,
+            create_loss * 100.0,
+            verdict(get_loss < target && create_loss < target)
+        );
+    }
+    let off: Vec<&Run> = report
+        .runs
+        .iter()
+        .filter(|run| run.configuration.sampler.is_none())
+        .collect();
+    if let [first, last] = off.as_slice() {
+        let drift = |now: &Measurement, before: &Measurement| {
+            (now.per_second() / before.per_second() - 1.0) * 100.0
+        };
+        println!(
+            "noise: without tracing, the last run against the first: GET {:+.1}%, POST {:+.1}%; \
+             losses within that say little",
+            drift(&last.get, &first.get),
+            drift(&last.create, &first.create)
+        );
+    }
+}
