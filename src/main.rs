@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", gateway_config.http_addr))?;
     tracing::info!(
-        ready_in_ms = started.elapsed().as_millis(),
+        ready_in_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "microcore is up: http://{}/docs",
         gateway_config
             .http_addr

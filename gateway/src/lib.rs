@@ -1,9 +1,10 @@
 //! The microcore gateway: the one HTTP entry point of the system.
 //!
 //! It discovers the endpoints live services announce ([`discovery`]),
-//! routes each request to its service over the bus ([`proxy`]), and serves
-//! one OpenAPI document merged from every live service with a docs page
-//! ([`openapi`], [`docs`]). It knows the bus only as a
+//! authenticates the requests of protected routes (`auth`), routes each
+//! request to its service over the bus ([`proxy`]), serves one OpenAPI
+//! document merged from every live service with a docs page ([`openapi`],
+//! `docs`) and the fleet views (`system`). It knows the bus only as a
 //! [`Transport`](microcore::transport::Transport), so it runs the same
 //! beside services in one process or in front of a fleet over NATS.
 
@@ -19,14 +20,13 @@ mod system;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use http::{HeaderValue, StatusCode};
-use std::time::Duration;
-
 use microcore::tools::{Auth, AuthError};
 use microcore::transport::{Transport, TransportError};
 use serde_json::json;
