@@ -1,0 +1,131 @@
+//! Driving HTTP load: `concurrency` workers, each on its own keep-alive
+//! connection, send requests back to back for a while; a [`Measurement`]
+//! keeps every success's latency so any quantile can be read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::Options;
+
+/// No scenario sends more than this, however fast it runs.
+const MAX_REQUESTS: u64 = 20_000_000;
+
+/// One scenario's results.
+pub(crate) struct Measurement {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Microseconds, sorted.
+    pub latencies: Vec<u32>,
+}
+
+impl Measurement {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies[rank]) / 1000.0
+    }
+}
+
+/// Builds request number `n` of a scenario.
+pub(crate) type MakeRequest =
+    Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// `concurrency` workers send requests back to back until `duration` has
+/// passed; each keeps its own keep-alive connection busy.
+pub(crate) async fn drive(
+    client: &reqwest::Client,
+    make: &MakeRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> Measurement {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let make = make.clone();
+        let sent = sent.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_REQUESTS || Instant::now() >= deadline {
+                    break;
+                }
+                let begun = Instant::now();
+                let ok = match make(&client, n).send().await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        response.bytes().await.is_ok() && success
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    let micros = begun.elapsed().as_micros();
+                    latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(worker) = workers.join_next().await {
+        let (mut worker_latencies, worker_errors) = worker.expect("a load worker panicked");
+        latencies.append(&mut worker_latencies);
+        errors += worker_errors;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Measurement {
+        ok: latencies.len() as u64,
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+/// `GET {base}/products/{id}` over `ids` in turn: (a), (c) and (h).
+pub(crate) fn get_by_id(base: String, ids: Arc<Vec<i64>>) -> MakeRequest {
+    Arc::new(move |client: &reqwest::Client, n: u64| {
+        let id = ids[(n % ids.len() as u64) as usize];
+        client.get(format!("{base}/products/{id}"))
+    })
+}
+
+/// `POST {base}/products`, a new product each time: (b), (c) and (i).
+pub(crate) fn create(base: String) -> MakeRequest {
+    Arc::new(move |client: &reqwest::Client, n: u64| {
+        client
+            .post(format!("{base}/products"))
+            .json(&json!({"name": format!("bench {n}"), "price": 9.99}))
+    })
+}
+
+/// Warms the path up (connections, caches, JIT-free but not page-cache
+/// free), then measures it.
+pub(crate) async fn measure(
+    client: &reqwest::Client,
+    options: &Options,
+    make: MakeRequest,
+) -> Measurement {
+    let warm_up = (options.duration / 5).clamp(Duration::from_millis(500), Duration::from_secs(2));
+    drive(client, &make, options.concurrency, warm_up).await;
+    drive(client, &make, options.concurrency, options.duration).await
+}
