@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing::dispatcher::{Dispatch, WeakDispatch};
 use tracing::field::{Field, Visit};
@@ -57,6 +57,10 @@ where
         let Some(parent) = tracing_opentelemetry::get_otel_context(&parent.id(), &dispatch) else {
             return;
         };
+        // An unsampled trace records nothing: spare the string work.
+        if !parent.span().span_context().is_sampled() {
+            return;
+        }
         let mut statement = Statement::default();
         event.record(&mut statement);
         let text = statement.text();
