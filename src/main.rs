@@ -64,17 +64,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut services = Vec::new();
     for domain in domains() {
-        let schema = config
-            .database_schema
-            .clone()
-            .unwrap_or_else(|| domain.name.to_owned());
-        let db = Db::connect(
-            &config.database_url_for(domain.name),
-            Some(&schema),
-            config.database_max_connections,
-        )
-        .await
-        .with_context(|| format!("connecting {} to its database", domain.name))?;
+        let db = Db::for_service(&config, domain.name)
+            .await
+            .with_context(|| format!("connecting {} to its database", domain.name))?;
         services.push(
             Service::new(domain, config.clone())
                 .start(transport.clone(), db)

@@ -10,6 +10,7 @@
 //! proof.
 
 use axum::response::{IntoResponse, Response};
+use cookie::Cookie;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 use microcore::tools::{Auth, AuthError};
@@ -108,10 +109,11 @@ fn token(parts: &Parts) -> Option<Presented<'_>> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == TOKEN_COOKIE)
-        .map(|(_, value)| Presented::Cookie(value))
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == TOKEN_COOKIE)
+        .and_then(|cookie| cookie.value_raw())
+        .map(Presented::Cookie)
 }
 
 #[cfg(test)]

@@ -30,12 +30,25 @@ pub struct Snapshot {
     pub table: RouteTable,
     pub openapi: Bytes,
     pub conflicts: Vec<Conflict>,
-    pub live_services: usize,
-    /// The transports live instances run on (`nats`, `in-process`).
-    pub transports: BTreeSet<String>,
     /// Every known service, in order of appearance, with its live
     /// instances as they describe themselves.
     pub fleet: Vec<(String, Vec<Arc<ServiceInfo>>)>,
+}
+
+impl Snapshot {
+    /// Services with at least one live instance.
+    pub fn live_services(&self) -> usize {
+        self.fleet.iter().filter(|(_, i)| !i.is_empty()).count()
+    }
+
+    /// The transports live instances run on (`nats`, `in-process`).
+    pub fn transports(&self) -> BTreeSet<&str> {
+        self.fleet
+            .iter()
+            .flat_map(|(_, instances)| instances)
+            .filter_map(|i| i.metadata.get(meta::TRANSPORT).map(String::as_str))
+            .collect()
+    }
 }
 
 /// `/system/routes`.
@@ -162,15 +175,6 @@ impl Registry {
         conflicts.extend(schema_conflicts);
         Snapshot {
             openapi: Bytes::from(serde_json::to_vec(&document).unwrap_or_default()),
-            live_services: services
-                .iter()
-                .filter(|(_, s)| !s.instances.is_empty())
-                .count(),
-            transports: services
-                .iter()
-                .flat_map(|(_, s)| s.instances.values())
-                .filter_map(|i| i.info.metadata.get(meta::TRANSPORT).cloned())
-                .collect(),
             fleet: services
                 .iter()
                 .map(|(name, s)| {
@@ -323,7 +327,7 @@ mod tests {
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.table.routes.len(), 1);
         assert!(documented(&snapshot)["/products"].is_null());
-        assert_eq!(snapshot.live_services, 0);
+        assert_eq!(snapshot.live_services(), 0);
 
         registry.expire(Duration::from_secs(60), t0 + Duration::from_secs(61));
         assert!(registry.snapshot().table.routes.is_empty());
@@ -342,6 +346,6 @@ mod tests {
         );
         registry.forget_silent(t0 + Duration::from_secs(1));
         assert_eq!(registry.services["products"].instances.len(), 1);
-        assert_eq!(registry.snapshot().live_services, 1);
+        assert_eq!(registry.snapshot().live_services(), 1);
     }
 }

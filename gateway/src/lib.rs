@@ -148,7 +148,7 @@ async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
     let snapshot = proxy.routes.load();
     envelope::ok(json!({
         "status": "ok",
-        "services": snapshot.live_services,
-        "transports": snapshot.transports,
+        "services": snapshot.live_services(),
+        "transports": snapshot.transports(),
     }))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Requests that take longer fail the test instead of hanging it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -88,6 +88,42 @@ impl HttpClient {
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.send(self.request(Method::POST, path).json(body)).await
     }
+
+    /// Registers `email` (named Ada) with `POST /users` and logs in with
+    /// `POST /auth/login`, as a customer of the sample shop does.
+    ///
+    /// # Panics
+    /// Unless both succeed.
+    pub async fn sign_up(&self, email: &str, password: &str) -> Account {
+        let user = self
+            .post_json(
+                "/users",
+                &json!({"email": email, "password": password, "name": "Ada"}),
+            )
+            .await
+            .expect_success(StatusCode::CREATED);
+        let login = self
+            .post_json(
+                "/auth/login",
+                &json!({"email": email, "password": password}),
+            )
+            .await
+            .expect_success(StatusCode::OK);
+        Account {
+            id: user["id"].to_string(),
+            token: login["access_token"]
+                .as_str()
+                .expect("an access token")
+                .to_owned(),
+        }
+    }
+}
+
+/// A signed-up user: the id the shop gave it and its bearer token.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub token: String,
 }
 
 /// A complete HTTP answer.

@@ -42,7 +42,7 @@ pub use binaries::{binary, try_binary};
 pub use db::TestDb;
 pub use embedded::Embedded;
 pub use events::Streams;
-pub use http::{HttpClient, Reply};
+pub use http::{Account, HttpClient, Reply};
 pub use nats::NatsServer;
 pub use process::ServiceProcess;
 pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, ServiceInstance, System, SystemBuilder};

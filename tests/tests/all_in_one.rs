@@ -42,18 +42,8 @@ async fn the_all_in_one_binary_joins_nats_and_postgres_when_told_to() {
 
     // Without MC_AUTH_SECRET the process signs its own tokens.
     let http = system.http();
-    let account = json!({"email": "ada@example.com", "password": "correct horse", "name": "Ada"});
-    http.post_json("/users", &account)
-        .await
-        .expect_success(StatusCode::CREATED);
-    let login = http
-        .post_json(
-            "/auth/login",
-            &json!({"email": "ada@example.com", "password": "correct horse"}),
-        )
-        .await
-        .expect_success(StatusCode::OK);
-    let token = login["access_token"].as_str().expect("a token");
+    let account = http.sign_up("ada@example.com", "correct horse").await;
+    let token = account.token.as_str();
     let order = http
         .send(
             http.request(Method::POST, "/orders")

@@ -54,14 +54,8 @@ async fn login(system: &System, email: &str, password: &str) -> Reply {
 
 /// Registers `email` and returns its user id and a bearer token.
 async fn account(system: &System, email: &str) -> (String, String) {
-    let user = register(system, email).await;
-    let token = login(system, email, PASSWORD)
-        .await
-        .expect_success(StatusCode::OK)["access_token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
-    (user["id"].to_string(), token)
+    let account = system.http().sign_up(email, PASSWORD).await;
+    (account.id, account.token)
 }
 
 /// A token signed with `secret` whose claims are `claims`.

@@ -32,23 +32,8 @@ async fn distributed() -> (System, Vec<ServiceInstance>) {
 
 /// Registers and logs in a customer; returns their id and bearer token.
 async fn customer(shop: &impl Front, email: &str) -> (String, String) {
-    let http = shop.http();
-    let user = http
-        .post_json(
-            "/users",
-            &json!({"email": email, "password": "correct horse battery", "name": "Ada"}),
-        )
-        .await
-        .expect_success(StatusCode::CREATED);
-    let login = http
-        .post_json(
-            "/auth/login",
-            &json!({"email": email, "password": "correct horse battery"}),
-        )
-        .await
-        .expect_success(StatusCode::OK);
-    let token = login["access_token"].as_str().expect("a token").to_owned();
-    (user["id"].to_string(), token)
+    let account = shop.http().sign_up(email, "correct horse battery").await;
+    (account.id, account.token)
 }
 
 async fn product(shop: &impl Front, name: &str, price: f64, stock: i64) -> i64 {

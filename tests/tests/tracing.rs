@@ -57,18 +57,7 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
     system.wait_until_routable().await;
 
     let http = system.http();
-    let account = json!({"email": "ada@example.com", "password": "correct horse", "name": "Ada"});
-    http.post_json("/users", &account)
-        .await
-        .expect_success(StatusCode::CREATED);
-    let login = http
-        .post_json(
-            "/auth/login",
-            &json!({"email": "ada@example.com", "password": "correct horse"}),
-        )
-        .await
-        .expect_success(StatusCode::OK);
-    let token = login["access_token"].as_str().expect("a token").to_owned();
+    let token = http.sign_up("ada@example.com", "correct horse").await.token;
     let teapot = http
         .post_json(
             "/products",

@@ -80,11 +80,6 @@ impl Service {
     /// then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServiceError> {
         let subjects = Subjects::new(&self.config.subject_prefix);
-        let schema = self
-            .config
-            .database_schema
-            .as_deref()
-            .unwrap_or(self.domain.name);
         let (transport, db) = tokio::try_join!(
             async {
                 let url = self.config.nats_url.as_deref().unwrap_or(DEFAULT_NATS_URL);
@@ -93,13 +88,9 @@ impl Service {
                     .map_err(ServiceError::from)
             },
             async {
-                Db::connect(
-                    &self.config.database_url_for(self.domain.name),
-                    Some(schema),
-                    self.config.database_max_connections,
-                )
-                .await
-                .map_err(ServiceError::from)
+                Db::for_service(&self.config, self.domain.name)
+                    .await
+                    .map_err(ServiceError::from)
             },
         )?;
         let running = self.start(Arc::new(transport), db).await?;

@@ -91,11 +91,6 @@ impl Auth {
         })
     }
 
-    /// How long a token stays valid.
-    pub fn ttl(&self) -> Duration {
-        self.keys.ttl
-    }
-
     /// A token for `subject` (the user id), carrying `extra` claims too.
     pub fn issue(
         &self,

@@ -22,6 +22,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use tokio::sync::Notify;
 
+use crate::config::ServiceConfig;
 use crate::domain::Migrations;
 use crate::tools::{Tool, Transaction};
 
@@ -88,6 +89,19 @@ impl Db {
             writer: (engine == Engine::Sqlite).then(Arc::default),
             outbox: Arc::default(),
         })
+    }
+
+    /// The database of `service` as `config` says: `DATABASE_URL` (its
+    /// own schema on Postgres, `MC_DB_SCHEMA` or the service name) or its
+    /// own SQLite file in the data directory.
+    pub async fn for_service(config: &ServiceConfig, service: &str) -> Result<Self, DbError> {
+        let schema = config.database_schema.as_deref().unwrap_or(service);
+        Self::connect(
+            &config.database_url_for(service),
+            Some(schema),
+            config.database_max_connections,
+        )
+        .await
     }
 
     /// The pool, to run queries with sqlx: `query_as(..).fetch_one(db.pool())`.

@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use microcore_e2e::{ServiceProcess, System, binaries, wait};
+use microcore_e2e::wait;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -59,26 +59,6 @@ pub struct EventOptions {
     pub rate_per_sec: u64,
     /// How long (g) lasts.
     pub duration: Duration,
-}
-
-/// Starts `bench-sink` when the workspace has it, and waits until the
-/// gateway routes to it.
-pub async fn start_sink(system: &System) -> Option<ServiceProcess> {
-    let bin = binaries::try_binary("bench-sink")?;
-    let process = ServiceProcess::spawn(
-        &bin,
-        [
-            ("NATS_URL", system.nats().url()),
-            // The sink has no tables, but every service connects at boot.
-            ("DATABASE_URL", system.db().url()),
-            ("MC_SUBJECT_PREFIX", system.prefix()),
-            ("RUST_LOG", "warn"),
-        ],
-    );
-    system
-        .wait_for_status("/bench/latency", reqwest::StatusCode::OK, wait::BOOT)
-        .await;
-    Some(process)
 }
 
 /// The publisher's answer to `POST /bench/publish`.

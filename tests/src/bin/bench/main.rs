@@ -156,21 +156,17 @@ async fn main() -> anyhow::Result<()> {
     run(options).await
 }
 
-/// Starts `bench-echo` when the workspace has it, and waits until the
-/// gateway routes to it.
-async fn start_echo(system: &System) -> Option<ServiceProcess> {
-    let bin = binaries::try_binary("bench-echo")?;
-    let process = ServiceProcess::spawn(
-        &bin,
-        [
-            ("NATS_URL", system.nats().url()),
-            ("DATABASE_URL", system.db().url()),
-            ("MC_SUBJECT_PREFIX", system.prefix()),
-            ("RUST_LOG", "warn"),
-        ],
-    );
+/// Starts the bench service `bin` (`bench-echo`, `bench-sink`) when the
+/// workspace has it, and waits until the gateway routes `ready_path`.
+async fn start_bench_service(
+    system: &System,
+    bin: &str,
+    ready_path: &str,
+) -> Option<ServiceProcess> {
+    binaries::try_binary(bin)?;
+    let process = system.spawn_service(bin, &[("RUST_LOG", "warn")]);
     system
-        .wait_for_status("/bench/ping", reqwest::StatusCode::OK, wait::BOOT)
+        .wait_for_status(ready_path, reqwest::StatusCode::OK, wait::BOOT)
         .await;
     Some(process)
 }
@@ -199,8 +195,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
     system.start_gateway().await;
     let products = system.start_products().await;
     system.wait_until_routable().await;
-    let echo = start_echo(&system).await;
-    let sink = events::start_sink(&system).await;
+    let echo = start_bench_service(&system, "bench-echo", "/bench/ping").await;
+    // The sink has no tables, but every service connects at boot.
+    let sink = start_bench_service(&system, "bench-sink", "/bench/latency").await;
 
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)

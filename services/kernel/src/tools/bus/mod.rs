@@ -185,9 +185,7 @@ impl Publication<'_> {
     pub async fn publish<P: Serialize>(self, payload: &P) -> Result<String, BusError> {
         let (id, body) = self.envelope(payload)?;
         let subject = self.bus.subjects.event(&self.event);
-        let span = producer_span(&self.event, &subject, &id);
-        let mut headers = HeaderMap::new();
-        crate::telemetry::inject(&span, &mut headers);
+        let (span, headers) = producer_span(&self.event, &subject, &id);
         self.bus
             .transport
             .publish_durable(&subject, &id, Message::new(headers, body))
@@ -205,9 +203,7 @@ impl Publication<'_> {
         let (id, body) = self.envelope(payload)?;
         let subject = self.bus.subjects.event(&self.event);
         // The relay publishes later; the event still belongs to this trace.
-        let span = producer_span(&self.event, &subject, &id);
-        let mut trace = HeaderMap::new();
-        crate::telemetry::inject(&span, &mut trace);
+        let (span, trace) = producer_span(&self.event, &subject, &id);
         outbox::stage(tx, &id, &subject, &body, &trace)
             .instrument(span)
             .await?;
@@ -228,9 +224,10 @@ impl Publication<'_> {
     }
 }
 
-/// The span of publishing one event (OpenTelemetry messaging conventions).
-fn producer_span(event: &str, subject: &str, id: &str) -> tracing::Span {
-    tracing::info_span!(
+/// The span of publishing one event (OpenTelemetry messaging conventions)
+/// and the headers that carry its trace context to the consumers.
+fn producer_span(event: &str, subject: &str, id: &str) -> (tracing::Span, HeaderMap) {
+    let span = tracing::info_span!(
         "publish",
         otel.name = %format_args!("publish {event}"),
         otel.kind = "producer",
@@ -238,7 +235,10 @@ fn producer_span(event: &str, subject: &str, id: &str) -> tracing::Span {
         messaging.operation.type = "send",
         messaging.destination.name = %subject,
         messaging.message.id = %id,
-    )
+    );
+    let mut headers = HeaderMap::new();
+    crate::telemetry::inject(&span, &mut headers);
+    (span, headers)
 }
 
 /// A fresh envelope for `payload`, caused by whatever the current task
