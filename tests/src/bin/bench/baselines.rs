@@ -1,7 +1,8 @@
 //! The in-process baselines the gateway is measured against: (c) axum
-//! handlers doing the products service's externally visible work on the
-//! same database and NATS, without gateway, framework or outbox, and (d) a
-//! bare axum → NATS request → responder hop.
+//! handlers doing the products service's work by hand, the same SQL on
+//! the same database and the same durable publish on the same NATS,
+//! without gateway or framework; (c') the POST without the outbox; and (d)
+//! a bare axum → NATS request → responder hop.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,6 +66,21 @@ impl Direct {
             .get_stream(&stream)
             .await
             .with_context(|| format!("the events stream {stream} does not exist"))?;
+        // The shape of the kernel's `mc_outbox`, in `public` rather than the
+        // products schema, so that the service's relay never sees its rows.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bench_outbox (
+                position BIGSERIAL PRIMARY KEY,
+                id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                body TEXT NOT NULL,
+                traceparent TEXT,
+                staged_at_ms BIGINT NOT NULL
+            )",
+        )
+        .execute(&pool)
+        .await
+        .context("creating the direct handler's outbox")?;
         Ok(Self {
             pool,
             jetstream,
@@ -72,36 +88,65 @@ impl Direct {
         })
     }
 
-    /// Publishes `product.created` for `product` in the envelope the
-    /// kernel builds, and returns once the server stored it.
-    async fn publish_created(&self, product: &Product) -> anyhow::Result<()> {
-        // The gateway's request id, which the kernel makes the event's
-        // cause.
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let envelope = EventEnvelope {
-            id: uuid::Uuid::new_v4().to_string(),
-            event: ProductCreated::EVENT.to_owned(),
-            payload: ProductCreated {
-                id: product.id,
-                name: product.name.clone(),
-                price: product.price,
-            },
-            emitter: "products.create_product".to_owned(),
-            timestamp: rfc3339_now(),
-            parent_id: Some(request_id.clone()),
-            correlation_id: Some(request_id),
-            key: None,
-            headers: BTreeMap::new(),
-        };
-        let body = serde_json::to_vec(&envelope)?;
+    /// The row, its event staged beside it in one transaction, then the
+    /// event published and its outbox row deleted.
+    async fn create_through_outbox(&self, new: &NewProduct) -> anyhow::Result<Product> {
+        let mut tx = self.pool.begin().await?;
+        let product = insert_product(&mut *tx, new).await?;
+        let (id, body) = created_event(&product)?;
+        let position: i64 = sqlx::query_scalar(
+            "INSERT INTO bench_outbox (id, subject, body, staged_at_ms) \
+             VALUES ($1, $2, $3, $4) RETURNING position",
+        )
+        .bind(&id)
+        .bind(&self.product_created)
+        .bind(std::str::from_utf8(&body)?)
+        .bind(time::OffsetDateTime::now_utc().unix_timestamp() * 1000)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.publish(&id, body).await?;
+        sqlx::query("DELETE FROM bench_outbox WHERE position = $1")
+            .bind(position)
+            .execute(&self.pool)
+            .await?;
+        Ok(product)
+    }
+
+    /// Publishes `product.created` with its envelope id as the
+    /// de-duplication key, and returns once the server stored it.
+    async fn publish(&self, id: &str, body: Vec<u8>) -> anyhow::Result<()> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         self.jetstream
             .publish_with_headers(self.product_created.clone(), headers, body.into())
             .await?
             .await?;
         Ok(())
     }
+}
+
+/// `product.created` for `product` in the envelope the kernel builds: its
+/// id and its JSON.
+fn created_event(product: &Product) -> anyhow::Result<(String, Vec<u8>)> {
+    // The gateway's request id, which the kernel makes the event's cause.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let envelope = EventEnvelope {
+        id: uuid::Uuid::new_v4().to_string(),
+        event: ProductCreated::EVENT.to_owned(),
+        payload: ProductCreated {
+            id: product.id,
+            name: product.name.clone(),
+            price: product.price,
+        },
+        emitter: "products.create_product".to_owned(),
+        timestamp: rfc3339_now(),
+        parent_id: Some(request_id.clone()),
+        correlation_id: Some(request_id),
+        key: None,
+        headers: BTreeMap::new(),
+    };
+    Ok((envelope.id.clone(), serde_json::to_vec(&envelope)?))
 }
 
 /// Now in RFC 3339, UTC, as envelopes are stamped.
@@ -143,30 +188,54 @@ pub(crate) async fn direct_get(State(direct): State<Direct>, Path(id): Path<i64>
     }
 }
 
-/// (c): what `POST /products` of the products service does, seen from
-/// outside — the row, then `product.created` stored durably — without
-/// gateway, framework or outbox: the INSERT commits on its own and the
-/// event is published right after it, the answer waiting for the
-/// server's acknowledgement. (The service instead stages the event in the
-/// INSERT's transaction and answers after the commit; its relay publishes
-/// after that.)
+/// Inserts a product on `executor`.
+async fn insert_product<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    new: &NewProduct,
+) -> sqlx::Result<Product> {
+    sqlx::query_as(
+        "INSERT INTO products.products (name, price, stock) VALUES ($1, $2, $3) \
+         RETURNING id, name, price, stock",
+    )
+    .bind(&new.name)
+    .bind(new.price)
+    .bind(new.stock)
+    .fetch_one(executor)
+    .await
+}
+
+/// (c): what `POST /products` of the products service does, written by
+/// hand without gateway or framework: the row and its `product.created`
+/// commit together (an outbox row in the same transaction, as the kernel
+/// stages it), then the event is published, the answer waits for the
+/// server's acknowledgement, and the outbox row is deleted. The service
+/// does the same, but answers at the commit and relays in batches.
 pub(crate) async fn direct_create(
     State(direct): State<Direct>,
     Json(new): Json<NewProduct>,
 ) -> Response {
-    let created = sqlx::query_as::<_, Product>(
-        "INSERT INTO products.products (name, price, stock) VALUES ($1, $2, $3) \
-         RETURNING id, name, price, stock",
-    )
-    .bind(new.name)
-    .bind(new.price)
-    .bind(new.stock)
-    .fetch_one(&direct.pool)
-    .await;
-    let Ok(product) = created else {
+    match direct.create_through_outbox(&new).await {
+        Ok(product) => envelope(StatusCode::CREATED, json!(product)),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+/// (c'): the row and `product.created` without the guarantee that both or
+/// neither exist: the INSERT commits on its own and the event is published
+/// right after it, the answer waiting for the server's acknowledgement.
+/// What the outbox costs is the gap between (c) and this.
+pub(crate) async fn direct_create_unstaged(
+    State(direct): State<Direct>,
+    Json(new): Json<NewProduct>,
+) -> Response {
+    let Ok(product) = insert_product(&direct.pool, &new).await else {
         return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
-    match direct.publish_created(&product).await {
+    let (id, body) = match created_event(&product) {
+        Ok(event) => event,
+        Err(_) => return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    };
+    match direct.publish(&id, body).await {
         Ok(()) => envelope(StatusCode::CREATED, json!(product)),
         Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "event not published"),
     }

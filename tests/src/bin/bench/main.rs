@@ -12,11 +12,14 @@
 //! - (b) the gateway, `POST /products`: the row and `product.created`,
 //!   staged in the same transaction (outbox) and relayed to JetStream
 //!   after the commit;
-//! - (c) axum handlers inside this process doing the same externally
-//!   visible work on the same database and NATS without the gateway, the
-//!   framework or the outbox: for GET the same SELECT; for POST the same
-//!   INSERT, then a durable JetStream publish of a `product.created`
-//!   envelope, answered once the server has acknowledged it;
+//! - (c) axum handlers inside this process doing the service's work by
+//!   hand on the same database and NATS, without the gateway or the
+//!   framework: for GET the same SELECT; for POST the same transaction
+//!   (the row and an outbox row), then a durable JetStream publish of the
+//!   `product.created` envelope, answered once the server has acknowledged
+//!   it, and the outbox row deleted;
+//! - (c') the POST without the outbox: the INSERT on its own, then the
+//!   publish, so nothing ties the event to the row;
 //! - (d) a bare hop: an axum handler inside this process making one NATS
 //!   request to a responder task that answers a static body;
 //! - (e) the gateway in front of `GET /bench/ping` of the `bench-echo`
@@ -24,7 +27,8 @@
 //!   no `bench-echo` binary).
 //!
 //! (a)/(c) and (b)/(c) show what a request pays for going through the
-//! gateway (for POST, the outbox's extra statements too); (e)/(d) shows the
+//! gateway and the framework; (b)/(c') adds what the outbox's guarantee
+//! costs over publishing after an unrelated commit; (e)/(d) shows the
 //! framework's own overhead over a bare NATS request-reply. Every process
 //! shares the same cores as the load generator, so absolute numbers say
 //! little about a production deployment; the ratios are the point.
@@ -66,7 +70,10 @@ use microcore_e2e::{ServiceProcess, System, binaries, wait};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::baselines::{Direct, POOL_SIZE, direct_create, direct_get, hop, serve, start_responder};
+use crate::baselines::{
+    Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, hop, serve,
+    start_responder,
+};
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
 use crate::load::{MakeRequest, Measurement, create, get_by_id, measure};
 
@@ -210,6 +217,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
         Router::new()
             .route("/products/{id}", get(direct_get))
             .route("/products", axum::routing::post(direct_create))
+            .route(
+                "/unstaged/products",
+                axum::routing::post(direct_create_unstaged),
+            )
             .with_state(Direct::connect(&system, pool).await?),
     )
     .await?;
@@ -242,8 +253,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
             Some(get_by_id(format!("http://{direct}"), ids.clone())),
         ),
         (
-            "(c) direct POST /products (INSERT + durable publish, no outbox)",
+            "(c) direct POST /products (the same transaction, publish, delete)",
             Some(create(format!("http://{direct}"))),
+        ),
+        (
+            "(c') direct POST, no outbox (INSERT, then publish)",
+            Some(create(format!("http://{direct}/unstaged"))),
         ),
         (
             "(d) bare NATS hop GET /hop",
@@ -359,6 +374,7 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     for (label, through, baseline) in [
         ("(a)/(c) GET by id", "(a)", "(c) direct GET"),
         ("(b)/(c) POST", "(b)", "(c) direct POST"),
+        ("(b)/(c') POST, outbox included", "(b)", "(c')"),
         ("(e)/(d) framework vs bare hop", "(e)", "(d)"),
     ] {
         match (find(rows, through), find(rows, baseline)) {

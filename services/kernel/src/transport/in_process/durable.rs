@@ -15,7 +15,7 @@
 //! Each consumer has a pump task that hands out what is ready and sleeps
 //! until something is published, settled or due.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub(super) struct Durable {
 struct Logs {
     subjects: HashMap<String, SubjectLog>,
     /// Ids published inside the de-duplication window.
-    seen: HashMap<String, Instant>,
+    seen: RecentIds,
     /// Shared consumers by name.
     shared: HashMap<String, Arc<Consumer>>,
 }
@@ -102,23 +102,42 @@ impl SubjectLog {
     }
 }
 
+/// The ids seen inside the de-duplication window, with the order they
+/// came in, so that forgetting the expired ones costs only those.
+#[derive(Default)]
+struct RecentIds {
+    ids: HashSet<Arc<str>>,
+    by_age: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl RecentIds {
+    /// Records `id` at `now`; false if it was seen inside the window.
+    fn insert(&mut self, id: &str, now: Instant) -> bool {
+        while let Some((at, _)) = self.by_age.front() {
+            if now.duration_since(*at) < DEDUPLICATION_WINDOW {
+                break;
+            }
+            if let Some((_, expired)) = self.by_age.pop_front() {
+                self.ids.remove(&expired);
+            }
+        }
+        if self.ids.contains(id) {
+            return false;
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.ids.insert(id.clone());
+        self.by_age.push_back((now, id));
+        true
+    }
+}
+
 impl Durable {
     pub fn publish(&self, subject: &str, id: &str, message: Message) {
         let readers = {
             let mut logs = lock(&self.logs);
-            let now = Instant::now();
-            if logs
-                .seen
-                .get(id)
-                .is_some_and(|at| now.duration_since(*at) < DEDUPLICATION_WINDOW)
-            {
+            if !logs.seen.insert(id, Instant::now()) {
                 return;
             }
-            if logs.seen.len() > RETAINED_UNREAD {
-                logs.seen
-                    .retain(|_, at| now.duration_since(*at) < DEDUPLICATION_WINDOW);
-            }
-            logs.seen.insert(id.to_owned(), now);
             let log = logs.subjects.entry(subject.to_owned()).or_default();
             log.messages.push_back(message);
             log.next_seq += 1;
@@ -384,6 +403,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn an_id_is_a_duplicate_inside_the_window_only() {
+        let mut seen = RecentIds::default();
+        let start = Instant::now();
+        assert!(seen.insert("a", start));
+        assert!(!seen.insert("a", start + DEDUPLICATION_WINDOW / 2));
+        assert!(seen.insert("b", start + DEDUPLICATION_WINDOW / 2));
+        // "a" has expired, "b" has not.
+        let later = start + DEDUPLICATION_WINDOW;
+        assert!(seen.insert("a", later));
+        assert!(!seen.insert("b", later));
+        assert_eq!(seen.ids.len(), 2);
+        assert_eq!(seen.by_age.len(), 2);
+    }
 
     fn spec(mode: ConsumerMode, ack_wait: Duration) -> ConsumerSpec {
         ConsumerSpec {
