@@ -4,7 +4,9 @@
 //! authenticates the requests of protected routes (`auth`), routes each
 //! request to its service over the bus ([`proxy`]), serves one OpenAPI
 //! document merged from every live service with a docs page ([`openapi`],
-//! `docs`) and the fleet views (`system`). It knows the bus only as a
+//! `docs`), the fleet views (`system`, `events`) and metrics: its own and,
+//! through each instance's system endpoint, every instance's (`metrics`).
+//! It knows the bus only as a
 //! [`Transport`](microcore::transport::Transport), so it runs the same
 //! beside services in one process or in front of a fleet over NATS.
 
@@ -13,6 +15,9 @@ pub mod config;
 pub mod discovery;
 mod docs;
 mod envelope;
+mod events;
+mod instances;
+mod metrics;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
@@ -27,6 +32,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use http::{HeaderValue, StatusCode};
+use microcore::telemetry::{InstanceIdentity, Metrics, MetricsError};
 use microcore::tools::{Auth, AuthError};
 use microcore::transport::{Transport, TransportError};
 use serde_json::json;
@@ -50,12 +56,16 @@ pub enum GatewayError {
     Transport(#[from] TransportError),
     #[error("MC_AUTH_SECRET: {0}")]
     Auth(#[from] AuthError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// A gateway with discovery running.
 pub struct Gateway {
     proxy: Arc<Proxy>,
     discovery: tokio::task::JoinHandle<()>,
+    /// The gateway's own metrics, as an instance of service `gateway`.
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -65,6 +75,13 @@ impl Gateway {
         config: &GatewayConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, GatewayError> {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let metrics = Metrics::new(InstanceIdentity {
+            service: "gateway",
+            instance: &instance,
+            version: env!("CARGO_PKG_VERSION"),
+        })?;
+        microcore::telemetry::metrics::observe_connection(metrics.meter(), transport.clone());
         let (routes, discovery) = discovery::start(
             transport.clone(),
             Subjects::new(&config.subject_prefix),
@@ -83,7 +100,11 @@ impl Gateway {
             auth,
             body_limit: config.body_limit,
         });
-        Ok(Self { proxy, discovery })
+        Ok(Self {
+            proxy,
+            discovery,
+            metrics,
+        })
     }
 
     /// The HTTP application.
@@ -93,7 +114,14 @@ impl Gateway {
             .route("/health", get(health))
             .route("/system/routes", get(system::routes))
             .route("/system/status", get(system::status))
+            .route("/system/events", get(events::topology))
+            .route("/system/metrics/targets", get(metrics::scrape_targets))
+            .route(
+                "/system/metrics/{service}/{instance}",
+                get(metrics::instance_metrics),
+            )
             .merge(docs::router())
+            .merge(metrics::own_metrics_router(self.metrics.clone()))
             .fallback(proxy::forward)
             .with_state(self.proxy.clone())
             .layer(
@@ -108,6 +136,11 @@ impl Gateway {
                         envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
                     })),
             )
+            // Outermost, so that every answer is measured, a panic's too.
+            .layer(axum::middleware::from_fn_with_state(
+                metrics::HttpServerMetrics::new(&self.metrics),
+                metrics::record,
+            ))
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then finishes
@@ -122,6 +155,7 @@ impl Gateway {
             .with_graceful_shutdown(shutdown)
             .await;
         self.discovery.abort();
+        self.metrics.shutdown().await;
         result
     }
 }

@@ -82,14 +82,71 @@ fn system_paths() -> Map<String, Value> {
             }},
         }})
     };
+    let prometheus = |id: &str, summary: &str, parameters: Value| {
+        json!({"get": {
+            "operationId": id,
+            "tags": ["System"],
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {"200": {
+                "description": "Prometheus text exposition format 0.0.4",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }},
+        }})
+    };
+    let path_parameter = |name: &str, description: &str| json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}});
     [
         ("/health", operation("health", "Liveness, live services and their transports")),
+        (
+            "/metrics",
+            prometheus("gateway_metrics", "The gateway's own metrics", json!([])),
+        ),
         ("/system/routes", operation("system_routes", "The route table and its conflicts")),
         (
             "/system/status",
             operation(
                 "system_status",
                 "Every service and instance: plugins (ready or dead, and why), endpoints, subscriptions",
+            ),
+        ),
+        (
+            "/system/events",
+            operation(
+                "system_events",
+                "The event topology: who publishes and who subscribes to each event, with handled, retried and dead-lettered counts summed over live instances",
+            ),
+        ),
+        (
+            "/system/metrics/targets",
+            json!({"get": {
+                "operationId": "system_metrics_targets",
+                "tags": ["System"],
+                "summary": "Every live instance as a Prometheus HTTP service discovery target, scraped through this gateway",
+                "responses": {"200": {
+                    "description": "A Prometheus `http_sd_config` document (a bare list, not the envelope)",
+                    "content": {"application/json": {"schema": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["targets", "labels"],
+                            "properties": {
+                                "targets": {"type": "array", "items": {"type": "string"}},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                    }}},
+                }},
+            }}),
+        ),
+        (
+            "/system/metrics/{service}/{instance}",
+            prometheus(
+                "system_instance_metrics",
+                "One service instance's metrics, asked over its system endpoint",
+                json!([
+                    path_parameter("service", "The service name"),
+                    path_parameter("instance", "The instance id, as `/system/status` lists it"),
+                ]),
             ),
         ),
     ]

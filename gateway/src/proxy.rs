@@ -32,6 +32,11 @@ pub struct Proxy {
     pub body_limit: usize,
 }
 
+/// Set on the response of a forwarded request: the route it matched, for
+/// the gateway's request metrics.
+#[derive(Clone)]
+pub struct ForwardedRoute(pub Arc<Target>);
+
 /// The fallback handler: every path the gateway does not serve itself.
 pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
@@ -68,9 +73,12 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
         span_id = tracing::field::Empty,
     );
     microcore::telemetry::continue_trace(&span, &parts.headers);
-    let response = relay(&proxy, &parts, body, target, params)
+    let mut response = relay(&proxy, &parts, body, target, params)
         .instrument(span.clone())
         .await;
+    response
+        .extensions_mut()
+        .insert(ForwardedRoute(target.clone()));
     // As i64: OpenTelemetry has no unsigned attribute values.
     span.record(
         "http.response.status_code",

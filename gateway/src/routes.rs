@@ -12,7 +12,7 @@ use serde::Serialize;
 use shared_schemas::discovery::HttpEndpoint;
 
 /// Paths the gateway serves itself.
-const RESERVED: &[&str] = &["/openapi.json", "/docs", "/health", "/system"];
+const RESERVED: &[&str] = &["/openapi.json", "/docs", "/health", "/metrics", "/system"];
 
 /// Where one route goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! announces about itself (see the kernel's `status`): `/system/routes`,
 //! the route table with its conflicts, and `/system/status`, every service
 //! with its instances, their plugins (ready, or dead and why), endpoints
-//! and subscriptions.
+//! and subscriptions. The views built from what instances answer when
+//! asked are in `events` and `metrics`.
 
 use std::sync::Arc;
 
@@ -84,6 +85,10 @@ enum EndpointStatus<'a> {
     Rpc {
         name: &'a str,
     },
+    /// The instance's own system endpoint (its live figures).
+    System {
+        name: &'a str,
+    },
     Other {
         name: &'a str,
     },
@@ -109,6 +114,9 @@ impl<'a> InstanceStatus<'a> {
                     },
                     _ if endpoint.metadata.contains_key(meta::RPC_NAME) => EndpointStatus::Rpc {
                         name: endpoint.metadata[meta::RPC_NAME].as_str(),
+                    },
+                    _ if endpoint.metadata.contains_key(meta::SYSTEM) => EndpointStatus::System {
+                        name: &endpoint.name,
                     },
                     _ => EndpointStatus::Other {
                         name: &endpoint.name,

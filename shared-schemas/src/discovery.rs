@@ -24,6 +24,12 @@ pub mod meta {
     pub const SCHEMAS: &str = "openapi.schemas";
     /// A request-reply endpoint: the name callers ask for.
     pub const RPC_NAME: &str = "rpc.name";
+    /// The instance's system endpoint, answering with its live figures
+    /// ([`InstanceReport`](crate::system::InstanceReport)); the value is
+    /// [`SYSTEM_INSTANCE`]. The gateway asks it and never routes it as HTTP.
+    pub const SYSTEM: &str = "microcore.system";
+    /// The value of [`SYSTEM`].
+    pub const SYSTEM_INSTANCE: &str = "instance";
     /// Service metadata: the wire contract version.
     pub const WIRE_VERSION: &str = "microcore.wire";
     /// Service metadata: the transport the instance runs on, `nats` or

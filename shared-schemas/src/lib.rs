@@ -2,9 +2,9 @@
 //!
 //! Everything two processes must agree on lives here and nowhere else: the
 //! HTTP response envelope, the NATS subject names, the headers that carry an
-//! HTTP request over NATS, the discovery manifest a service announces, and
-//! the payloads of events that cross domains. Domains depend on this crate,
-//! never on each other.
+//! HTTP request over NATS, the discovery manifest a service announces, the
+//! payloads of events that cross domains, and the live figures an instance
+//! reports about itself. Domains depend on this crate, never on each other.
 //!
 //! The contract is versioned by [`WIRE_VERSION`]: a breaking change to any
 //! shape here bumps it.
@@ -16,6 +16,7 @@ pub mod events;
 pub mod http;
 pub mod rpc;
 pub mod subjects;
+pub mod system;
 
 /// Version of the wire contracts in this crate, announced by every service.
 pub const WIRE_VERSION: &str = "1";

@@ -87,6 +87,14 @@ impl Subjects {
         format!("{}.rpc.{name}", self.prefix)
     }
 
+    /// The system endpoint of one instance: its live figures (see
+    /// [`system`](crate::system)). Unique to the instance, unlike every
+    /// other endpoint subject, so the gateway can ask a replica of its
+    /// choice.
+    pub fn system(&self, service: &str, instance: &str) -> String {
+        format!("{}.system.{service}.{instance}", self.prefix)
+    }
+
     /// Where instances announce that they came up (payload: the
     /// [`ServiceInfo`](crate::discovery::ServiceInfo) `$SRV.INFO` answers).
     pub fn announce_up(&self) -> String {
@@ -114,6 +122,8 @@ mod tests {
         assert_eq!(s.event("product.created"), "shop.events.product.created");
         assert_eq!(s.dlq("product.created"), "shop.dlq.product.created");
         assert_eq!(s.rpc("products.quote"), "shop.rpc.products.quote");
+        assert_eq!(s.system("products", "4f2a"), "shop.system.products.4f2a");
+        assert!(!s.is_http(&s.system("products", "4f2a")));
         assert_eq!(s.events_wildcard(), "shop.events.>");
         assert!(s.is_http("shop.http.products.get_product"));
         assert!(!s.is_http("mc.http.products.get_product"));

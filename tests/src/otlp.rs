@@ -1,7 +1,8 @@
 //! An OTLP/HTTP receiver for the tracing suite. Services export to it as
 //! they would to a collector (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`, a
 //! short batch delay), and the test reads the spans back, flattened, with
-//! the service that sent each.
+//! the service that sent each. Metric exports are received too: the test
+//! reads which metrics each service and instance sent.
 //!
 //! It also accepts the default protocol, `http/protobuf`, for the
 //! benchmark, which measures what export costs the way it is shipped:
@@ -49,6 +50,9 @@ struct Received {
     protobuf_spans: AtomicUsize,
     /// Export requests accepted, either protocol.
     requests: AtomicUsize,
+    /// `(service.name, service.instance.id, metric name)` of every metric
+    /// in a JSON metrics export.
+    metrics: Mutex<std::collections::BTreeSet<(String, String, String)>>,
 }
 
 /// The receiver, serving on a loopback port until dropped.
@@ -67,6 +71,7 @@ impl Collector {
         let address = listener.local_addr().expect("its address");
         let app = Router::new()
             .route("/v1/traces", post(receive))
+            .route("/v1/metrics", post(receive_metrics))
             .with_state(received.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -113,6 +118,16 @@ impl Collector {
         json + self.received.protobuf_spans.load(Ordering::Relaxed)
     }
 
+    /// The metrics exported so far in JSON, as `(service.name,
+    /// service.instance.id, metric name)`.
+    pub fn metrics(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        self.received
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// How many export requests were accepted so far, either protocol.
     pub fn export_requests(&self) -> usize {
         self.received.requests.load(Ordering::Relaxed)
@@ -150,6 +165,35 @@ async fn receive(
         }
         None => (StatusCode::BAD_REQUEST, "not an ExportTraceServiceRequest").into_response(),
     }
+}
+
+/// One metrics export request, read as JSON.
+async fn receive_metrics(State(received): State<Arc<Received>>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut found = Vec::new();
+    for resource in request["resourceMetrics"].as_array().into_iter().flatten() {
+        let resource_attributes = attributes(&resource["resource"]["attributes"]);
+        let text = |key: &str| {
+            resource_attributes
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (service, instance) = (text("service.name"), text("service.instance.id"));
+        for scope in resource["scopeMetrics"].as_array().into_iter().flatten() {
+            for metric in scope["metrics"].as_array().into_iter().flatten() {
+                let name = metric["name"].as_str().unwrap_or_default().to_owned();
+                found.push((service.clone(), instance.clone(), name));
+            }
+        }
+    }
+    received
+        .metrics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(found);
+    "{}".into_response()
 }
 
 fn receive_json(received: &Received, body: &[u8]) {

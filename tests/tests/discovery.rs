@@ -55,8 +55,13 @@ async fn the_micro_protocol_describes_the_service_and_its_endpoints() {
 
     let mut routes = BTreeSet::new();
     let mut requests = BTreeSet::new();
+    let mut system_endpoints = Vec::new();
     for endpoint in info["endpoints"].as_array().expect("INFO lists endpoints") {
         let name = endpoint["name"].as_str().expect("endpoints are named");
+        if endpoint["metadata"]["microcore.system"] == "instance" {
+            system_endpoints.push(endpoint["subject"].clone());
+            continue;
+        }
         if let Some(request) = endpoint["metadata"]["rpc.name"].as_str() {
             assert_eq!(
                 endpoint["subject"],
@@ -100,6 +105,11 @@ async fn the_micro_protocol_describes_the_service_and_its_endpoints() {
         ])
     );
     assert_eq!(requests, BTreeSet::from(["products.quote".to_owned()]));
+    // The instance's own endpoint, for the gateway's live views.
+    assert_eq!(
+        system_endpoints,
+        [format!("mc.system.products.{}", products.id())]
+    );
 
     let stats = micro::stats(client, PRODUCTS, 1).await;
     assert_eq!(stats.len(), 1, "{stats:?}");

@@ -144,8 +144,12 @@ async fn the_document_is_openapi_3_1_with_exactly_the_live_operations() {
     }
     let expected: BTreeSet<String> = [
         "get /health",
+        "get /metrics",
         "get /system/routes",
         "get /system/status",
+        "get /system/events",
+        "get /system/metrics/targets",
+        "get /system/metrics/{service}/{instance}",
         "get /products",
         "get /products/{id}",
         "post /products",

@@ -15,6 +15,7 @@ pub mod http;
 pub mod plugin;
 pub mod service;
 mod status;
+mod system;
 pub mod telemetry;
 pub mod tools;
 pub mod transport;

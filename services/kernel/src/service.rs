@@ -6,6 +6,12 @@
 //! Each request runs in its own task, so one slow handler never delays
 //! another; a task tracker lets shutdown wait for exactly the requests in
 //! flight.
+//!
+//! The kernel names the instance before anything else happens, so its
+//! logs carry the instance from the first line, its metrics (its own meter
+//! provider, see [`telemetry::metrics`](crate::telemetry::metrics)) name
+//! it, and it can register an endpoint of its own: the system endpoint
+//! the gateway asks for its live figures (see `system`).
 
 use std::sync::Arc;
 
@@ -19,9 +25,11 @@ use tracing::Instrument;
 
 use crate::config::{ConfigError, DEFAULT_NATS_URL, ServiceConfig};
 use crate::domain::Domain;
-use crate::http::{self, Http, Route};
+use crate::http::{self, Http, Route, RouteMetrics};
 use crate::plugin::{BootError, DynPlugin, PluginId, PluginState};
-use crate::tools::bus::{self, Bus};
+use crate::system::SystemEndpoint;
+use crate::telemetry::{self, InstanceIdentity, Metrics, MetricsError};
+use crate::tools::bus::{self, Bus, ResponderMetrics};
 use crate::tools::{Auth, AuthError, Db, DbError, Logger, Tool, ToolCollision, Toolbox};
 use crate::transport::{
     Deregister, Incoming, NatsTransport, ServiceSpec, Transport, TransportError,
@@ -40,6 +48,8 @@ pub enum ServiceError {
     Tools(#[from] ToolCollision),
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// A domain about to become a running service.
@@ -109,10 +119,27 @@ impl Service {
             config,
             tools: extra_tools,
         } = self;
-        if let Some(migrations) = &domain.migrations {
-            db.migrate(migrations).await?;
+        let instance_id = ServiceSpec::new_instance_id();
+        // Everything the instance does logs under its name and id, and its
+        // SQL statements count in its metrics.
+        let span = tracing::info_span!("service", service = domain.name, instance = %instance_id);
+        let metrics = Metrics::new(InstanceIdentity {
+            service: domain.name,
+            instance: &instance_id,
+            version: domain.version,
+        })?;
+        telemetry::record_statements(
+            &span,
+            telemetry::DbMetrics::new(metrics.meter(), db.engine().system_name()),
+        );
+        async {
+            if let Some(migrations) = &domain.migrations {
+                db.migrate(migrations).await?;
+            }
+            bus::ensure_outbox_table(&db).await
         }
-        bus::ensure_outbox_table(&db).await?;
+        .instrument(span.clone())
+        .await?;
         let subjects = Subjects::new(&config.subject_prefix);
         let http = Http::new(config.request_timeout);
         let bus = Bus::new(transport.clone(), subjects.clone());
@@ -150,19 +177,36 @@ impl Service {
             states.push((id, state));
         }
 
+        let meter = metrics.meter();
+        bus::observe_counters(meter, bus.counters());
+        telemetry::metrics::observe_connection(meter, transport.clone());
+        let system = SystemEndpoint {
+            service: domain.name.to_owned(),
+            instance: instance_id.clone(),
+            bus: bus.counters().clone(),
+            metrics: metrics.clone(),
+        };
         let endpoints: Vec<Endpoint> = http
             .routes()
             .into_iter()
-            .map(|r| Endpoint::Http(Arc::new(r)))
+            .map(|route| Endpoint::Http {
+                metrics: RouteMetrics::new(meter, &route),
+                route: Arc::new(route),
+            })
             .chain(
                 bus.take_responders()
                     .into_iter()
-                    .map(|r| Endpoint::Rpc(Arc::new(r))),
+                    .map(|responder| Endpoint::Rpc {
+                        metrics: ResponderMetrics::new(meter, &responder),
+                        responder: Arc::new(responder),
+                    }),
             )
+            .chain([Endpoint::System(Arc::new(system))])
             .collect();
         let subscriptions = bus.take_subscriptions();
         let spec = ServiceSpec {
             name: domain.name.to_owned(),
+            id: instance_id,
             version: domain.version.to_owned(),
             description: domain.description.to_owned(),
             endpoints: endpoints
@@ -189,12 +233,6 @@ impl Service {
             );
         }
         let registration = transport.register(spec).await?;
-        // Everything the instance does logs under its name and id.
-        let span = tracing::info_span!(
-            "service",
-            service = domain.name,
-            instance = %registration.info.id
-        );
         let mut listeners = JoinSet::new();
         for consume in consumers {
             listeners.spawn(consume.instrument(span.clone()));
@@ -239,36 +277,48 @@ impl Service {
             plugins,
             states,
             db,
+            metrics,
             config,
         })
     }
 }
 
 /// What a registered endpoint serves: an HTTP route or a request-reply
-/// handler.
+/// handler, each with its measurements, or the instance's system endpoint.
 #[derive(Clone)]
 enum Endpoint {
-    Http(Arc<Route>),
-    Rpc(Arc<bus::Responder>),
+    Http {
+        route: Arc<Route>,
+        metrics: RouteMetrics,
+    },
+    Rpc {
+        responder: Arc<bus::Responder>,
+        metrics: ResponderMetrics,
+    },
+    System(Arc<SystemEndpoint>),
 }
 
 impl Endpoint {
     fn info(&self, subjects: &Subjects, service: &str) -> EndpointInfo {
         match self {
-            Self::Http(route) => endpoint_info(subjects, service, route),
-            Self::Rpc(responder) => EndpointInfo {
+            Self::Http { route, .. } => endpoint_info(subjects, service, route),
+            Self::Rpc { responder, .. } => EndpointInfo {
                 name: format!("rpc-{}", responder.name.replace('.', "-")),
                 subject: subjects.rpc(&responder.name),
                 queue_group: String::new(),
                 metadata: [(meta::RPC_NAME.to_owned(), responder.name.clone())].into(),
             },
+            Self::System(system) => system.info(subjects),
         }
     }
 
     async fn serve(&self, incoming: Incoming) {
         match self {
-            Self::Http(route) => http::serve(route, incoming).await,
-            Self::Rpc(responder) => bus::serve_rpc(responder, incoming).await,
+            Self::Http { route, metrics } => http::serve(route, metrics, incoming).await,
+            Self::Rpc { responder, metrics } => {
+                bus::serve_rpc(responder, metrics, incoming).await;
+            }
+            Self::System(system) => system.serve(incoming).await,
         }
     }
 }
@@ -316,6 +366,7 @@ pub struct RunningService {
     plugins: Vec<Arc<dyn DynPlugin>>,
     states: Vec<(PluginId, PluginState)>,
     db: Db,
+    metrics: Metrics,
     config: ServiceConfig,
 }
 
@@ -359,6 +410,7 @@ impl RunningService {
             plugin.shutdown().await;
         }
         self.db.close().await;
+        self.metrics.shutdown().await;
         // Replies sent during the drain must leave before the process does.
         let flushed = self.transport.flush().await;
         deregistered?;

@@ -82,6 +82,16 @@ fn route(blocking: bool) -> Arc<Route> {
 }
 
 async fn call(route: &Route, id: &str, query: &str) -> (StatusCode, Value) {
+    let unrecorded = RouteMetrics::new(&opentelemetry::global::meter("contract-tests"), route);
+    call_measured(route, &unrecorded, id, query).await
+}
+
+async fn call_measured(
+    route: &Route,
+    metrics: &RouteMetrics,
+    id: &str,
+    query: &str,
+) -> (StatusCode, Value) {
     let mut headers = HeaderMap::new();
     headers.insert(
         wire::PATH_PARAMS,
@@ -90,7 +100,12 @@ async fn call(route: &Route, id: &str, query: &str) -> (StatusCode, Value) {
     headers.insert(wire::QUERY, HeaderValue::from_str(query).unwrap());
     headers.insert(wire::REQUEST_ID, HeaderValue::from_static("req-1"));
     let (tx, rx) = oneshot::channel();
-    serve(route, Incoming::new(Message::new(headers, ""), Reply(tx))).await;
+    serve(
+        route,
+        metrics,
+        Incoming::new(Message::new(headers, ""), Reply(tx)),
+    )
+    .await;
     let reply = rx.await.unwrap();
     let status = reply.headers[wire::STATUS]
         .to_str()
@@ -110,6 +125,27 @@ async fn success_carries_data_and_the_request_id() {
     assert_eq!(body["success"], true);
     assert_eq!(body["data"]["id"], 7);
     assert_eq!(body["data"]["request_id"], "req-1");
+}
+
+#[tokio::test]
+async fn every_answer_is_measured_by_route_plugin_and_status() {
+    let metrics = crate::telemetry::Metrics::new(crate::telemetry::InstanceIdentity {
+        service: "things",
+        instance: "t1",
+        version: "0.1.0",
+    })
+    .unwrap();
+    let route = route(false);
+    let measured = RouteMetrics::new(metrics.meter(), &route);
+    call_measured(&route, &measured, "1", "").await;
+    call_measured(&route, &measured, "seven", "").await;
+    let text = metrics.prometheus_text().unwrap();
+    for status in ["200", "422"] {
+        let line = format!(
+            r#"microcore_handler_duration_seconds_count{{http_request_method="GET",http_response_status_code="{status}",http_route="/things/{{id}}",microcore_plugin="kernel.http",otel_scope_name="microcore"}} 1"#
+        );
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
 }
 
 #[tokio::test]

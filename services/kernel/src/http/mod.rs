@@ -22,7 +22,7 @@ use shared_schemas::ApiResponse;
 use utoipa::ToSchema;
 
 pub use context::{Context, Cookie, InvalidHeader, SameSite};
-pub(crate) use handler::serve;
+pub(crate) use handler::{RouteMetrics, serve};
 pub use request_data::{InvalidInput, RequestData};
 
 use crate::plugin::PluginId;

@@ -1,4 +1,5 @@
-//! Logs and traces, set up once per process by [`init`].
+//! Logs, traces and metrics. Logs and traces are set up once per process
+//! by [`init`]; metrics once per instance ([`Metrics`], see [`metrics`]).
 //!
 //! - **Logs** are JSON lines when stderr is not a terminal (containers, log
 //!   shippers) and human-readable when it is; `MC_LOG_FORMAT=json` or
@@ -15,8 +16,16 @@
 //!   ([`inject`], [`continue_trace`]), so one trace follows a request
 //!   through every service it touches, its SQL statements included (see
 //!   [`sql`]).
+//! - **Metrics** are the instance's own: the gateway serves them as
+//!   Prometheus text and they go to the OTLP collector when one is
+//!   configured (see [`metrics`]). The statements of a service count in
+//!   its `db.client.operation.duration` (see [`sql`]).
 
+pub mod metrics;
 mod sql;
+
+pub use metrics::{InstanceIdentity, Metrics, MetricsError};
+pub(crate) use sql::{DbMetrics, record_statements};
 
 use std::io::IsTerminal;
 
@@ -105,24 +114,23 @@ pub fn init(service: &str) -> Telemetry {
             .with_filter(LevelFilter::INFO)
     });
     // sqlx logs each statement at debug level; only this layer asks for
-    // it, and only while spans are exported. It sees the spans too, to
-    // place each statement under its handler. (It is always in the stack:
-    // an `Option` layer would not learn its dispatcher.)
-    let exporting = tracer_provider.is_some();
-    let sql_spans = sql::SqlSpans::new(
+    // it: every statement is measured, and while spans are exported it
+    // becomes a span too. It sees the spans, to find the instance that ran
+    // the statement and the handler to place it under. (It is always in
+    // the stack: an `Option` layer would not learn its dispatcher.)
+    let sql_statements = sql::SqlSpans::new(
         tracer_provider
             .as_ref()
             .map(|provider| provider.tracer("microcore.sql")),
     )
-    .with_filter(filter_fn(move |metadata| {
-        exporting
-            && (metadata.target() == sql::TARGET
-                || (metadata.is_span() && *metadata.level() <= tracing::Level::INFO))
+    .with_filter(filter_fn(|metadata| {
+        metadata.target() == sql::TARGET
+            || (metadata.is_span() && *metadata.level() <= tracing::Level::INFO)
     }));
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(traces)
-        .with(sql_spans)
+        .with(sql_statements)
         .try_init()
         .is_ok();
     if let Some(unknown) = unknown_format {

@@ -39,6 +39,14 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The engine's name in the OpenTelemetry conventions (`db.system.name`).
+    pub fn system_name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgresql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
     /// The engine a `DATABASE_URL` names.
     pub fn of(url: &str) -> Result<Self, DbError> {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {

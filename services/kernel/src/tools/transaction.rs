@@ -1,6 +1,7 @@
-//! A database transaction that knows whether it staged events, so that
+//! A database transaction that knows which events it staged, so that
 //! committing it wakes the outbox relay at once instead of at its next
-//! poll.
+//! poll, and counts those events as published (never before: a rollback
+//! publishes nothing).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use sqlx::{Any, AnyConnection};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use crate::tools::DbError;
+use crate::tools::bus::PublishedCell;
 
 /// A transaction on the service's database. Queries run on it with
 /// `.execute(&mut *tx)`; nothing is visible to others, and no staged event
@@ -19,7 +21,8 @@ pub struct Transaction {
     inner: sqlx::Transaction<'static, Any>,
     /// On SQLite: this transaction's turn to write.
     _write_turn: Option<OwnedMutexGuard<()>>,
-    staged_events: bool,
+    /// The publish counter of each event staged so far.
+    staged_events: Vec<PublishedCell>,
     outbox: Arc<Notify>,
 }
 
@@ -32,19 +35,22 @@ impl Transaction {
         Self {
             inner,
             _write_turn: write_turn,
-            staged_events: false,
+            staged_events: Vec::new(),
             outbox,
         }
     }
 
-    pub(crate) fn staged_event(&mut self) {
-        self.staged_events = true;
+    pub(crate) fn staged_event(&mut self, published: PublishedCell) {
+        self.staged_events.push(published);
     }
 
     pub async fn commit(self) -> Result<(), DbError> {
         self.inner.commit().await?;
-        if self.staged_events {
+        if !self.staged_events.is_empty() {
             self.outbox.notify_one();
+        }
+        for published in &self.staged_events {
+            published.count();
         }
         Ok(())
     }

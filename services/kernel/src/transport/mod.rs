@@ -43,6 +43,10 @@ impl Message {
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub name: String,
+    /// Unique per instance, chosen by the kernel before it registers, so
+    /// that endpoints can be specific to the instance (its system
+    /// endpoint) and its logs and metrics name it from the start.
+    pub id: String,
     pub version: String,
     pub description: String,
     pub endpoints: Vec<EndpointInfo>,
@@ -51,14 +55,14 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// What instance `id` of this service announces: its `endpoints` as
-    /// the transport registered them, the wire version and the transport.
-    pub(crate) fn announce(
-        &self,
-        id: String,
-        endpoints: Vec<EndpointInfo>,
-        transport: &str,
-    ) -> ServiceInfo {
+    /// A fresh instance id.
+    pub fn new_instance_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// What this instance announces: its `endpoints` as the transport
+    /// registered them, the wire version and the transport.
+    pub(crate) fn announce(&self, endpoints: Vec<EndpointInfo>, transport: &str) -> ServiceInfo {
         let mut metadata = self.metadata.clone();
         metadata.extend([
             (
@@ -69,7 +73,7 @@ impl ServiceSpec {
         ]);
         ServiceInfo {
             name: self.name.clone(),
-            id,
+            id: self.id.clone(),
             version: self.version.clone(),
             description: self.description.clone(),
             metadata,
@@ -168,6 +172,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Waits until everything sent so far has left the process.
     async fn flush(&self) -> Result<(), TransportError>;
+
+    /// Whether the transport can reach the bus right now (a NATS
+    /// connection may be reconnecting; a process is always connected to
+    /// itself).
+    fn is_connected(&self) -> bool;
 }
 
 /// Who receives the durable messages of a subject.

@@ -79,7 +79,6 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
 #[async_trait]
 impl Transport for NatsTransport {
     async fn register(&self, spec: ServiceSpec) -> Result<Registration, TransportError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let (drain, draining) = watch::channel(false);
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         let mut infos = Vec::with_capacity(spec.endpoints.len());
@@ -103,7 +102,7 @@ impl Transport for NatsTransport {
                 ..endpoint
             });
         }
-        let info = spec.announce(id, infos, "nats");
+        let info = spec.announce(infos, "nats");
         let instance = Arc::new(micro::Instance {
             info: info.clone(),
             stats,
@@ -220,6 +219,10 @@ impl Transport for NatsTransport {
             .flush()
             .await
             .map_err(|e| TransportError::new("flush", e))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn announcements(&self) -> Result<BoxStream<'static, Announcement>, TransportError> {

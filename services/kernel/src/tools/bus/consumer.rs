@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::Bus;
+use super::counters::SubscriptionCounters;
 use super::subscribe::{Audience, Subscription};
 use crate::causality::{self, Cause};
 use crate::transport::{ConsumerMode, ConsumerSpec, Delivery, Message, TransportError};
@@ -69,22 +70,24 @@ pub(crate) async fn start(
         max_in_flight: subscription.concurrency * 2,
     };
     let deliveries = bus.transport.consume(spec).await?;
-    Ok(consume(deliveries, subscription, bus, stop, tasks).boxed())
-}
-
-async fn consume(
-    mut deliveries: BoxStream<'static, Delivery>,
-    subscription: Subscription,
-    bus: Bus,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let worker = Arc::new(Worker {
+    let worker = Worker {
+        counters: bus
+            .counters()
+            .subscription(&subscription.subscriber, &subscription.event),
         subscription,
         bus,
         consecutive_failures: AtomicU32::new(0),
         dropped: CancellationToken::new(),
-    });
+    };
+    Ok(consume(deliveries, Arc::new(worker), stop, tasks).boxed())
+}
+
+async fn consume(
+    mut deliveries: BoxStream<'static, Delivery>,
+    worker: Arc<Worker>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let lanes: Vec<_> = (0..worker.subscription.concurrency)
         .map(|_| {
             let (lane, mut queue) = mpsc::channel::<(Delivery, EventEnvelope)>(1);
@@ -137,6 +140,7 @@ async fn consume(
 struct Worker {
     subscription: Subscription,
     bus: Bus,
+    counters: Arc<SubscriptionCounters>,
     consecutive_failures: AtomicU32,
     dropped: CancellationToken,
 }
@@ -181,7 +185,11 @@ impl Worker {
         let settled = match outcome {
             Ok(()) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
-                delivery.ack().await
+                let acked = delivery.ack().await;
+                if acked.is_ok() {
+                    self.counters.handled();
+                }
+                acked
             }
             Err((error, false)) => {
                 let delay = backoff(sub.backoff, attempt);
@@ -189,6 +197,9 @@ impl Worker {
                     subscriber = %sub.subscriber, event = %envelope.event, event_id = %envelope.id,
                     attempt, retry_in = ?delay, %error, "event handler failed, will retry"
                 );
+                // Offered again even if the retry cannot be sent: then after
+                // the ack wait.
+                self.counters.retried();
                 delivery.retry(delay).await
             }
             Err((error, true)) => self.give_up(delivery, envelope, error).await,
@@ -235,14 +246,17 @@ impl Worker {
             .await
         {
             // Not dead-lettered, so not done: offer it again later.
+            self.counters.retried();
             delivery.retry(backoff(sub.backoff, attempts)).await?;
             return Err(e);
         }
+        self.counters.dead_lettered();
         delivery.ack().await?;
 
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= MAX_CONSECUTIVE_FAILURES && !self.dropped.is_cancelled() {
             self.dropped.cancel();
+            self.counters.dropped();
             tracing::error!(
                 subscriber = %sub.subscriber, event = %sub.event, failures,
                 "subscriber dropped on this instance after consecutive final failures; its events wait in the stream"

@@ -14,6 +14,7 @@
 //! HTTP request or the event), so the causal chain builds itself.
 
 mod consumer;
+mod counters;
 mod outbox;
 mod rpc;
 mod subscribe;
@@ -33,9 +34,10 @@ use crate::tools::{DbError, Tool, Transaction};
 use crate::transport::{Message, Transport, TransportError};
 
 pub(crate) use consumer::start as start_subscription;
+pub(crate) use counters::{BusCounters, PublishedCell, observe as observe_counters};
 pub(crate) use outbox::{OutboxRelay, ensure_outbox_table};
 pub use rpc::{RespondBuilder, RpcError};
-pub(crate) use rpc::{Responder, serve as serve_rpc};
+pub(crate) use rpc::{Responder, ResponderMetrics, serve as serve_rpc};
 pub(crate) use subscribe::{Audience, Subscription};
 pub use subscribe::{EventResult, SubscribeBuilder, SubscribeError};
 
@@ -46,6 +48,7 @@ pub struct Bus {
     subjects: Subjects,
     emitter: Option<PluginId>,
     declared: Arc<Mutex<Declared>>,
+    counters: Arc<BusCounters>,
 }
 
 /// What the plugins declared in `on_boot`, for the service to run.
@@ -84,7 +87,13 @@ impl Bus {
             subjects,
             emitter: None,
             declared: Arc::default(),
+            counters: Arc::default(),
         }
+    }
+
+    /// What this bus and its plugins' copies have done so far.
+    pub(crate) fn counters(&self) -> &Arc<BusCounters> {
+        &self.counters
     }
 
     /// Publishes `payload` as event `event` and returns its id once the
@@ -118,10 +127,9 @@ impl Bus {
         }
     }
 
-    fn identity(&self) -> String {
-        self.emitter
-            .as_ref()
-            .map_or_else(|| "kernel".to_owned(), |p| p.as_str().to_owned())
+    /// The emitter of what this bus publishes: its plugin, or the kernel.
+    fn identity(&self) -> &str {
+        self.emitter.as_ref().map_or("kernel", PluginId::as_str)
     }
 
     fn declare(&self, change: impl FnOnce(&mut Declared)) {
@@ -191,6 +199,7 @@ impl Publication<'_> {
             .publish_durable(&subject, &id, Message::new(headers, body))
             .instrument(span)
             .await?;
+        self.published().count();
         Ok(id)
     }
 
@@ -207,12 +216,21 @@ impl Publication<'_> {
         outbox::stage(tx, &id, &subject, &body, &trace)
             .instrument(span)
             .await?;
+        // Counted if and when the transaction commits.
+        tx.staged_event(self.published());
         Ok(id)
+    }
+
+    /// The counter of this event by this emitter.
+    fn published(&self) -> PublishedCell {
+        self.bus
+            .counters
+            .published(self.bus.identity(), &self.event)
     }
 
     /// The envelope around `payload`, serialized, and its id.
     fn envelope<P: Serialize>(&self, payload: &P) -> Result<(String, Vec<u8>), BusError> {
-        let envelope = envelope(&self.bus.identity(), &self.event, payload);
+        let envelope = envelope(self.bus.identity(), &self.event, payload);
         let envelope = EventEnvelope {
             key: self.key.clone(),
             headers: self.headers.clone(),

@@ -89,7 +89,6 @@ pub(super) async fn stage(
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
-    tx.staged_event();
     Ok(())
 }
 

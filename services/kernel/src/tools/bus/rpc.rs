@@ -11,11 +11,13 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared_schemas::ApiResponse;
@@ -79,7 +81,7 @@ impl Bus {
         Q: Serialize,
         R: DeserializeOwned,
     {
-        let envelope = envelope(&self.identity(), name, request);
+        let envelope = envelope(self.identity(), name, request);
         let body =
             serde_json::to_vec(&envelope).map_err(|e| RpcError::Serialize(name.to_owned(), e))?;
         let subject = self.subjects.rpc(name);
@@ -195,9 +197,61 @@ fn failed(
     ApiResponse::error("the handler failed")
 }
 
+/// `rpc.server.call.duration` for one request-reply handler (the
+/// OpenTelemetry RPC convention): from the request's arrival to the
+/// reply, by `rpc.system.name` (`nats`), `rpc.method`, `microcore.plugin`
+/// and, for an answer that says no, `error.type` (`rejected`).
+#[derive(Clone)]
+pub(crate) struct ResponderMetrics {
+    duration: Histogram<f64>,
+    attributes: Arc<[KeyValue; 3]>,
+}
+
+impl ResponderMetrics {
+    pub fn new(meter: &Meter, responder: &Responder) -> Self {
+        let duration = meter
+            .f64_histogram("rpc.server.call.duration")
+            .with_description("Time a request-reply handler took to answer")
+            .with_unit("s")
+            .with_boundaries(crate::telemetry::metrics::DURATION_BUCKETS.to_vec())
+            .build();
+        let attributes = [
+            KeyValue::new("rpc.system.name", "nats"),
+            KeyValue::new("rpc.method", Arc::<str>::from(responder.name.as_str())),
+            KeyValue::new(
+                "microcore.plugin",
+                Arc::<str>::from(responder.plugin.as_str()),
+            ),
+        ];
+        Self {
+            duration,
+            attributes: Arc::new(attributes),
+        }
+    }
+
+    fn record(&self, started: Instant, success: bool) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let [system, method, plugin] = &*self.attributes;
+        if success {
+            self.duration
+                .record(elapsed, &[system.clone(), method.clone(), plugin.clone()]);
+        } else {
+            self.duration.record(
+                elapsed,
+                &[
+                    system.clone(),
+                    method.clone(),
+                    plugin.clone(),
+                    KeyValue::new("error.type", "rejected"),
+                ],
+            );
+        }
+    }
+}
+
 /// Answers one request with `responder`, in a server span continuing the
-/// caller's trace.
-pub(crate) async fn serve(responder: &Responder, incoming: Incoming) {
+/// caller's trace, and measures it.
+pub(crate) async fn serve(responder: &Responder, metrics: &ResponderMetrics, incoming: Incoming) {
     let span = tracing::info_span!(
         "respond",
         otel.name = %format_args!("respond {}", responder.name),
@@ -209,14 +263,16 @@ pub(crate) async fn serve(responder: &Responder, incoming: Incoming) {
         span_id = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, &incoming.message.headers);
-    answer(responder, incoming).instrument(span).await;
+    answer(responder, metrics, incoming).instrument(span).await;
 }
 
-async fn answer(responder: &Responder, incoming: Incoming) {
+async fn answer(responder: &Responder, metrics: &ResponderMetrics, incoming: Incoming) {
+    let started = Instant::now();
     let reply = match serde_json::from_slice::<EventEnvelope>(&incoming.message.body) {
         Ok(envelope) => (responder.handler)(envelope).await,
         Err(e) => ApiResponse::error(format!("invalid request envelope: {e}")),
     };
+    metrics.record(started, reply.success);
     let status = if reply.success { "200" } else { "400" };
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -99,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[async_trait]
 impl Transport for InProcessTransport {
     async fn register(&self, spec: ServiceSpec) -> Result<Registration, TransportError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = spec.id.clone();
         let mut streams = Vec::with_capacity(spec.endpoints.len());
         let mut infos = Vec::with_capacity(spec.endpoints.len());
         {
@@ -120,7 +120,7 @@ impl Transport for InProcessTransport {
                 });
             }
         }
-        let info = spec.announce(id.clone(), infos, "in-process");
+        let info = spec.announce(infos, "in-process");
         lock(&self.hub.instances).insert(id, info.clone());
         // Nobody listening is fine: the gateway may start later.
         let _ = self.hub.announcements.send(Announcement::Up(info.clone()));
@@ -218,6 +218,10 @@ impl Transport for InProcessTransport {
 
     async fn flush(&self) -> Result<(), TransportError> {
         Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        true
     }
 }
 

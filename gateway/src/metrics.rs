@@ -1,0 +1,253 @@
+//! Metrics at the gateway: its own, and every instance's for Prometheus.
+//!
+//! - [`record`] measures every request the gateway answers as
+//!   `http.server.request.duration` (seconds, the OpenTelemetry HTTP
+//!   convention) by `http.request.method`, `http.route` (the route
+//!   template, never the raw path, so the label set stays bounded) and
+//!   `http.response.status_code`. A request that matches no route has no
+//!   `http.route`.
+//! - `GET /metrics` serves the gateway's own metrics as Prometheus text.
+//! - `GET /system/metrics/{service}/{instance}` serves one service
+//!   instance's, asked over its system endpoint: Prometheus scrapes every
+//!   instance through the gateway and needs no network path to them.
+//! - `GET /system/metrics/targets` lists those paths as a Prometheus HTTP
+//!   service discovery document, so that one `http_sd_config` pointed at
+//!   the gateway finds every live instance as it comes and goes:
+//!
+//! ```yaml
+//! scrape_configs:
+//!   - job_name: microcore
+//!     http_sd_configs:
+//!       - url: http://gateway:8080/system/metrics/targets
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::uri::Authority;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use microcore::telemetry::Metrics;
+use microcore::telemetry::metrics::{DURATION_BUCKETS, PROMETHEUS_CONTENT_TYPE};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Histogram;
+use serde::Serialize;
+use shared_schemas::system::View;
+
+use crate::envelope;
+use crate::instances::{self, ReportError};
+use crate::proxy::{ForwardedRoute, Proxy};
+
+/// `http.server.request.duration` of the gateway.
+#[derive(Clone)]
+pub struct HttpServerMetrics {
+    duration: Histogram<f64>,
+}
+
+impl HttpServerMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            duration: metrics
+                .meter()
+                .f64_histogram("http.server.request.duration")
+                .with_description("Duration of HTTP server requests")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+        }
+    }
+}
+
+/// The middleware measuring each request.
+pub async fn record(
+    State(metrics): State<HttpServerMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = method_attribute(request.method());
+    let own_route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    // A forwarded request's route is the service's template; the
+    // gateway's own routes are matched by axum.
+    let route = match response.extensions().get::<ForwardedRoute>() {
+        Some(forwarded) => Some(forwarded.0.route.clone()),
+        None => own_route.map(|m| m.as_str().to_owned()),
+    };
+    let status = KeyValue::new(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    let method = KeyValue::new("http.request.method", method);
+    let elapsed = started.elapsed().as_secs_f64();
+    match route {
+        Some(route) => metrics.duration.record(
+            elapsed,
+            &[method, KeyValue::new("http.route", route), status],
+        ),
+        None => metrics.duration.record(elapsed, &[method, status]),
+    }
+    response
+}
+
+/// The method as the convention names it: one of the standard methods,
+/// or `_OTHER`, so that a client cannot grow the label set at will.
+fn method_attribute(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("_OTHER")
+}
+
+/// `GET /metrics`, with the gateway's metrics as its state.
+pub fn own_metrics_router<S: Clone + Send + Sync + 'static>(metrics: Metrics) -> Router<S> {
+    Router::new()
+        .route("/metrics", get(own_metrics))
+        .with_state(metrics)
+}
+
+async fn own_metrics(State(metrics): State<Metrics>) -> Response {
+    match metrics.prometheus_text() {
+        Ok(text) => prometheus_text(text),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode the gateway's metrics");
+            envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+        }
+    }
+}
+
+fn prometheus_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
+}
+
+/// `GET /system/metrics/{service}/{instance}`.
+pub async fn instance_metrics(
+    State(proxy): State<Arc<Proxy>>,
+    Path((service, instance)): Path<(String, String)>,
+) -> Response {
+    let snapshot = proxy.routes.load();
+    let info = snapshot
+        .fleet
+        .iter()
+        .filter(|(name, _)| *name == service)
+        .flat_map(|(_, instances)| instances)
+        .find(|info| info.id == instance);
+    let Some(info) = info else {
+        return envelope::error(
+            StatusCode::NOT_FOUND,
+            format!("no live instance `{instance}` of `{service}`"),
+        );
+    };
+    let report = instances::report(proxy.transport.as_ref(), info, &[View::Metrics]).await;
+    match report.map(|report| report.metrics) {
+        Ok(Some(text)) => prometheus_text(text),
+        Ok(None) => envelope::error(
+            StatusCode::BAD_GATEWAY,
+            format!("instance `{instance}` sent no metrics"),
+        ),
+        Err(e) => {
+            let status = match e {
+                ReportError::NoSystemEndpoint => StatusCode::NOT_FOUND,
+                ReportError::NoResponder => StatusCode::SERVICE_UNAVAILABLE,
+                ReportError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+                ReportError::Transport(_) | ReportError::InvalidReply(_) => StatusCode::BAD_GATEWAY,
+            };
+            envelope::error(status, format!("instance `{instance}` of `{service}`: {e}"))
+        }
+    }
+}
+
+/// One entry of a Prometheus HTTP service discovery document.
+#[derive(Debug, PartialEq, Serialize)]
+struct ScrapeTarget {
+    targets: [String; 1],
+    labels: ScrapeLabels,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+struct ScrapeLabels {
+    #[serde(rename = "__metrics_path__")]
+    metrics_path: String,
+    service: String,
+    instance_id: String,
+}
+
+/// `GET /system/metrics/targets`: every live instance with a system
+/// endpoint, scraped through this gateway at the address the client used
+/// to reach it. The document is Prometheus's format, a bare JSON list,
+/// not the envelope.
+pub async fn scrape_targets(
+    State(proxy): State<Arc<Proxy>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Some(address) = gateway_address(&uri, &headers) else {
+        return envelope::error(
+            StatusCode::BAD_REQUEST,
+            "a valid Host header is needed to name the scrape targets",
+        );
+    };
+    let snapshot = proxy.routes.load();
+    let targets: Vec<ScrapeTarget> = snapshot
+        .fleet
+        .iter()
+        .flat_map(|(_, instances)| instances)
+        .filter(|info| instances::system_subject(info).is_some())
+        .map(|info| ScrapeTarget {
+            targets: [address.to_string()],
+            labels: ScrapeLabels {
+                metrics_path: format!("/system/metrics/{}/{}", info.name, info.id),
+                service: info.name.clone(),
+                instance_id: info.id.clone(),
+            },
+        })
+        .collect();
+    Json(targets).into_response()
+}
+
+/// `host:port` of this gateway as the request names it: the authority of
+/// an absolute URI (HTTP/2), else the `Host` header.
+fn gateway_address(uri: &Uri, headers: &HeaderMap) -> Option<Authority> {
+    if let Some(authority) = uri.authority() {
+        return Some(authority.clone());
+    }
+    headers
+        .get(header::HOST)?
+        .to_str()
+        .ok()?
+        .parse::<Authority>()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_attribute(&Method::PATCH), "PATCH");
+        assert_eq!(method_attribute(&Method::GET), "GET");
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_attribute(&custom), "_OTHER");
+    }
+
+    #[test]
+    fn the_scrape_address_is_the_one_the_client_used() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "gateway.local:8080".parse().unwrap());
+        let relative: Uri = "/system/metrics/targets".parse().unwrap();
+        assert_eq!(
+            gateway_address(&relative, &headers).map(|a| a.to_string()),
+            Some("gateway.local:8080".to_owned())
+        );
+        headers.insert(header::HOST, "not a host/".parse().unwrap());
+        assert_eq!(gateway_address(&relative, &headers), None);
+    }
+}
