@@ -4,7 +4,8 @@
 //! authenticates the requests of protected routes (`auth`), routes each
 //! request to its service over the bus ([`proxy`]), serves one OpenAPI
 //! document merged from every live service with a docs page ([`openapi`],
-//! `docs`) and the fleet views (`system`). It knows the bus only as a
+//! `docs`), the fleet views (`system`) and what passes on the bus: traces
+//! and live streams (`observe`). It knows the bus only as a
 //! [`Transport`](microcore::transport::Transport), so it runs the same
 //! beside services in one process or in front of a fleet over NATS.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod discovery;
 mod docs;
 mod envelope;
+mod observe;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
@@ -38,6 +40,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 pub use config::GatewayConfig;
 
+use crate::observe::Observer;
 use crate::proxy::Proxy;
 
 /// The longest client `X-Request-ID` kept; longer ones are replaced.
@@ -56,6 +59,8 @@ pub enum GatewayError {
 pub struct Gateway {
     proxy: Arc<Proxy>,
     discovery: tokio::task::JoinHandle<()>,
+    observer: Observer,
+    trace_collector: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -65,13 +70,16 @@ impl Gateway {
         config: &GatewayConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, GatewayError> {
+        let subjects = Subjects::new(&config.subject_prefix);
         let (routes, discovery) = discovery::start(
             transport.clone(),
-            Subjects::new(&config.subject_prefix),
+            subjects.clone(),
             config.discovery_interval,
             config.route_retention,
         )
         .await?;
+        let (observer, trace_collector) =
+            Observer::start(transport.clone(), subjects, config.trace_buffer).await?;
         let auth = config
             .auth_secret
             .as_deref()
@@ -83,7 +91,12 @@ impl Gateway {
             auth,
             body_limit: config.body_limit,
         });
-        Ok(Self { proxy, discovery })
+        Ok(Self {
+            proxy,
+            discovery,
+            observer,
+            trace_collector,
+        })
     }
 
     /// The HTTP application.
@@ -94,6 +107,7 @@ impl Gateway {
             .route("/system/routes", get(system::routes))
             .route("/system/status", get(system::status))
             .merge(docs::router())
+            .merge(self.observer.clone().router())
             .fallback(proxy::forward)
             .with_state(self.proxy.clone())
             .layer(
@@ -118,10 +132,18 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router();
+        // Live streams never end by themselves: end them, or the graceful
+        // shutdown would wait for their clients.
+        let observer = self.observer.clone();
+        let shutdown = async move {
+            shutdown.await;
+            observer.close_streams();
+        };
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         self.discovery.abort();
+        self.trace_collector.abort();
         result
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! Everything two processes must agree on lives here and nowhere else: the
 //! HTTP response envelope, the NATS subject names, the headers that carry an
-//! HTTP request over NATS, the discovery manifest a service announces, and
-//! the payloads of events that cross domains. Domains depend on this crate,
-//! never on each other.
+//! HTTP request over NATS, the discovery manifest a service announces, the
+//! payloads of events that cross domains, and the log records of the live
+//! log stream. Domains depend on this crate, never on each other.
 //!
 //! The contract is versioned by [`WIRE_VERSION`]: a breaking change to any
 //! shape here bumps it.
@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod events;
 pub mod http;
+pub mod logs;
 pub mod rpc;
 pub mod subjects;
 
