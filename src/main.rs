@@ -62,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(InProcessTransport::new())
         }
     };
+    // One subscriber logs for every service; each record names its own.
+    microcore::telemetry::forward_logs(transport.clone(), Subjects::new(&config.subject_prefix));
     let mut services = Vec::new();
     for domain in domains() {
         let db = Db::for_service(&config, domain.name)

@@ -28,6 +28,9 @@ pub struct GatewayConfig {
     /// routes (the services that issue tokens share it). Unset: those
     /// routes are refused.
     pub auth_secret: Option<String>,
+    /// `MC_TRACE_BUFFER`: how many of the latest events and dead letters
+    /// `/system/traces` keeps in memory, default 500, at least 1.
+    pub trace_buffer: usize,
 }
 
 impl Default for GatewayConfig {
@@ -40,6 +43,7 @@ impl Default for GatewayConfig {
             discovery_interval: Duration::from_secs(5),
             route_retention: Duration::from_secs(300),
             auth_secret: None,
+            trace_buffer: 500,
         }
     }
 }
@@ -58,6 +62,14 @@ impl GatewayConfig {
                 reason: "the sweep interval must be at least 1 ms".into(),
             });
         }
+        let trace_buffer = parse(&lookup, "MC_TRACE_BUFFER")?.unwrap_or(defaults.trace_buffer);
+        if trace_buffer == 0 {
+            return Err(ConfigError {
+                name: "MC_TRACE_BUFFER",
+                value: lookup("MC_TRACE_BUFFER").unwrap_or_default(),
+                reason: "the trace buffer must hold at least one event".into(),
+            });
+        }
         Ok(Self {
             nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
             subject_prefix: lookup("MC_SUBJECT_PREFIX").unwrap_or(defaults.subject_prefix),
@@ -70,6 +82,26 @@ impl GatewayConfig {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.route_retention),
             auth_secret: auth_secret(&lookup)?,
+            trace_buffer,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_buffer_defaults_to_500_and_holds_at_least_one_event() {
+        let config = GatewayConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config.trace_buffer, 500);
+        let set = |value: &'static str| {
+            GatewayConfig::from_lookup(move |name| {
+                (name == "MC_TRACE_BUFFER").then(|| value.into())
+            })
+        };
+        assert_eq!(set("20").unwrap().trace_buffer, 20);
+        assert_eq!(set("0").unwrap_err().name, "MC_TRACE_BUFFER");
+        assert_eq!(set("many").unwrap_err().name, "MC_TRACE_BUFFER");
     }
 }

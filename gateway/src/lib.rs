@@ -4,9 +4,10 @@
 //! authenticates the requests of protected routes (`auth`), routes each
 //! request to its service over the bus ([`proxy`]), serves one OpenAPI
 //! document merged from every live service with a docs page ([`openapi`],
-//! `docs`), the fleet views (`system`, `events`) and metrics: its own and,
-//! through each instance's system endpoint, every instance's (`metrics`).
-//! It knows the bus only as a
+//! `docs`), the fleet views (`system`, `events`), what passes on the bus:
+//! traces and live streams (`observe`), and metrics: its own and, through
+//! each instance's system endpoint, every instance's (`metrics`). It knows
+//! the bus only as a
 //! [`Transport`](microcore::transport::Transport), so it runs the same
 //! beside services in one process or in front of a fleet over NATS.
 
@@ -18,6 +19,7 @@ mod envelope;
 mod events;
 mod instances;
 mod metrics;
+mod observe;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
@@ -44,6 +46,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 pub use config::GatewayConfig;
 
+use crate::observe::Observer;
 use crate::proxy::Proxy;
 
 /// The longest client `X-Request-ID` kept; longer ones are replaced.
@@ -66,6 +69,8 @@ pub struct Gateway {
     discovery: tokio::task::JoinHandle<()>,
     /// The gateway's own metrics, as an instance of service `gateway`.
     metrics: Metrics,
+    observer: Observer,
+    trace_collector: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -82,13 +87,16 @@ impl Gateway {
             version: env!("CARGO_PKG_VERSION"),
         })?;
         microcore::telemetry::metrics::observe_connection(metrics.meter(), transport.clone());
+        let subjects = Subjects::new(&config.subject_prefix);
         let (routes, discovery) = discovery::start(
             transport.clone(),
-            Subjects::new(&config.subject_prefix),
+            subjects.clone(),
             config.discovery_interval,
             config.route_retention,
         )
         .await?;
+        let (observer, trace_collector) =
+            Observer::start(transport.clone(), subjects, config.trace_buffer).await?;
         let auth = config
             .auth_secret
             .as_deref()
@@ -104,6 +112,8 @@ impl Gateway {
             proxy,
             discovery,
             metrics,
+            observer,
+            trace_collector,
         })
     }
 
@@ -122,6 +132,7 @@ impl Gateway {
             )
             .merge(docs::router())
             .merge(metrics::own_metrics_router(self.metrics.clone()))
+            .merge(self.observer.clone().router())
             .fallback(proxy::forward)
             .with_state(self.proxy.clone())
             .layer(
@@ -151,11 +162,19 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router();
+        // Live streams never end by themselves: end them, or the graceful
+        // shutdown would wait for their clients.
+        let observer = self.observer.clone();
+        let shutdown = async move {
+            shutdown.await;
+            observer.close_streams();
+        };
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         self.discovery.abort();
         self.metrics.shutdown().await;
+        self.trace_collector.abort();
         result
     }
 }

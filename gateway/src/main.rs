@@ -1,11 +1,11 @@
-//! The gateway process: configuration from the environment, NATS, HTTP,
-//! graceful shutdown on SIGTERM or SIGINT.
+//! The gateway process: configuration from the environment, NATS (its
+//! logs forwarded there too), HTTP, graceful shutdown on SIGTERM or SIGINT.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use gateway::{Gateway, GatewayConfig};
-use microcore::transport::NatsTransport;
+use microcore::transport::{NatsTransport, Transport};
 use shared_schemas::Subjects;
 
 #[tokio::main]
@@ -13,14 +13,14 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let _telemetry = microcore::telemetry::init("gateway");
     let config = GatewayConfig::from_env()?;
-    let transport = NatsTransport::connect(
-        &config.nats_url,
-        "gateway",
-        Subjects::new(&config.subject_prefix),
-    )
-    .await
-    .context("connecting to NATS")?;
-    let gateway = Gateway::start(&config, Arc::new(transport)).await?;
+    let subjects = Subjects::new(&config.subject_prefix);
+    let transport: Arc<dyn Transport> = Arc::new(
+        NatsTransport::connect(&config.nats_url, "gateway", subjects.clone())
+            .await
+            .context("connecting to NATS")?,
+    );
+    microcore::telemetry::forward_logs(transport.clone(), subjects);
+    let gateway = Gateway::start(&config, transport).await?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;

@@ -43,6 +43,7 @@ pub fn merge<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Value, Vec<Con
         }
     }
     paths.extend(system_paths());
+    paths.extend(crate::observe::openapi_paths());
     let document = json!({
         "openapi": "3.1.0",
         "info": {

@@ -60,6 +60,29 @@ impl Subjects {
         format!("{}.dlq.>", self.prefix)
     }
 
+    /// The subject the log records of `service` are published on (not
+    /// stored: a live view). A name that is not one subject token is
+    /// made one.
+    pub fn logs(&self, service: &str) -> String {
+        if service.is_empty() {
+            return format!("{}.logs._", self.prefix);
+        }
+        let token: String = service
+            .chars()
+            .map(|c| match c {
+                '.' | '*' | '>' => '_',
+                c if c.is_whitespace() => '_',
+                c => c,
+            })
+            .collect();
+        format!("{}.logs.{token}", self.prefix)
+    }
+
+    /// The log records of every service.
+    pub fn logs_wildcard(&self) -> String {
+        format!("{}.logs.*", self.prefix)
+    }
+
     /// The JetStream stream holding this system's events, e.g. `MC_EVENTS`.
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_prefix())
@@ -125,6 +148,8 @@ mod tests {
         assert_eq!(s.system("products", "4f2a"), "shop.system.products.4f2a");
         assert!(!s.is_http(&s.system("products", "4f2a")));
         assert_eq!(s.events_wildcard(), "shop.events.>");
+        assert_eq!(s.logs("products"), "shop.logs.products");
+        assert_eq!(s.logs("odd.name >"), "shop.logs.odd_name__");
         assert!(s.is_http("shop.http.products.get_product"));
         assert!(!s.is_http("mc.http.products.get_product"));
         assert!(!s.is_http("shopping.http.x.y"));

@@ -35,6 +35,7 @@ pub mod micro;
 pub mod nats;
 pub mod otlp;
 pub mod process;
+pub mod sse;
 pub mod system;
 pub mod wait;
 
@@ -45,6 +46,7 @@ pub use events::Streams;
 pub use http::{Account, HttpClient, Reply};
 pub use nats::NatsServer;
 pub use process::ServiceProcess;
+pub use sse::{EventStream, SseEvent};
 pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, ServiceInstance, System, SystemBuilder};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

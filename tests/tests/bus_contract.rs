@@ -2,17 +2,19 @@
 //! in-process one of the embedded default and NATS with JetStream. Each
 //! case boots real services (the kernel, probe plugins, a SQLite database
 //! each) on a transport and checks what plugins rely on, with the same
-//! assertions on both sides.
+//! assertions on both sides. Plain subscriptions (taps) are checked on the
+//! transports directly: they are what observers such as the gateway use.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use microcore::prelude::*;
 use microcore::tools::Tool;
 use microcore::transport::{
-    ConsumerMode, ConsumerSpec, InProcessTransport, NatsTransport, Transport,
+    ConsumerMode, ConsumerSpec, InProcessTransport, Message, NatsTransport, Transport,
 };
 use microcore::{Domain, PluginEntry, RunningService, Service, ServiceConfig};
 use microcore_e2e::{NatsServer, wait};
@@ -530,6 +532,105 @@ async fn a_subscriber_that_was_down_gets_what_was_published_meanwhile(topology: 
     probe.shutdown().await.unwrap();
 }
 
+fn message(body: &str) -> Message {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-contract", http::HeaderValue::from_static("kept"));
+    Message::new(headers, body.to_owned())
+}
+
+/// The bodies `tap` yields up to and including `last`.
+async fn read_until(tap: &mut BoxStream<'static, Message>, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(wait::PROMPT, async {
+        while let Some(message) = tap.next().await {
+            let body = String::from_utf8_lossy(&message.body).into_owned();
+            assert_eq!(message.headers["x-contract"], "kept", "{body}");
+            let done = body == last;
+            seen.push(body);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "`{last}` never came; the tap saw {seen:?}");
+    seen
+}
+
+async fn a_tap_sees_what_is_published_on_matching_subjects_from_then_on(topology: Topology) {
+    let publisher = topology.transport().await;
+    let listener = topology.transport().await;
+    let subject = |rest: &str| format!("mc.events.tap.{rest}");
+    let id = || uuid::Uuid::new_v4().to_string();
+    publisher
+        .publish_durable(&subject("early.one"), &id(), message("early"))
+        .await
+        .unwrap();
+
+    let mut everything = listener.subscribe("mc.events.tap.>").await.unwrap();
+    let mut ones = listener.subscribe("mc.events.tap.*.one").await.unwrap();
+    publisher
+        .publish(&subject("a.one"), message("plain"))
+        .await
+        .unwrap();
+    publisher
+        .publish_durable(&subject("b.two"), &id(), message("durable"))
+        .await
+        .unwrap();
+    publisher
+        .publish(&subject("c.one.deep"), message("deep"))
+        .await
+        .unwrap();
+    publisher
+        .publish("mc.events.tap", message("bare"))
+        .await
+        .unwrap();
+    publisher
+        .publish("mc.other.a.one", message("elsewhere"))
+        .await
+        .unwrap();
+    publisher
+        .publish(&subject("end.one"), message("end"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        read_until(&mut everything, "end").await,
+        ["plain", "durable", "deep", "end"],
+        "`>` is one token or more, from the subscription on"
+    );
+    assert_eq!(
+        read_until(&mut ones, "end").await,
+        ["plain", "end"],
+        "`*` is exactly one token"
+    );
+}
+
+async fn a_tap_nobody_reads_never_holds_up_publishers(topology: Topology) {
+    let publisher = topology.transport().await;
+    let listener = topology.transport().await;
+    let mut tap = listener.subscribe("mc.events.flood.>").await.unwrap();
+    let flood = async {
+        for n in 0..3000 {
+            publisher
+                .publish("mc.events.flood.x", message(&n.to_string()))
+                .await
+                .unwrap();
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        publisher
+            .publish_durable("mc.events.flood.x", &id, message("last"))
+            .await
+            .unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("publishing never waits for a reader");
+    // Whatever it missed, the reader gets the newest.
+    let seen = read_until(&mut tap, "last").await;
+    assert!(!seen.is_empty());
+}
+
 /// Each case, once per transport.
 macro_rules! on_both_transports {
     ($($case:ident),* $(,)?) => {
@@ -560,4 +661,6 @@ on_both_transports! {
     failures_are_retried_with_backoff_then_dead_lettered_once,
     an_event_published_by_a_handler_is_chained_to_the_event_it_handles,
     a_subscriber_that_was_down_gets_what_was_published_meanwhile,
+    a_tap_sees_what_is_published_on_matching_subjects_from_then_on,
+    a_tap_nobody_reads_never_holds_up_publishers,
 }

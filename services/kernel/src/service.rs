@@ -86,14 +86,14 @@ impl Service {
         Ok(Self::new(domain, ServiceConfig::from_env()?))
     }
 
-    /// Connects to NATS and the database, serves until SIGTERM or SIGINT,
-    /// then shuts down gracefully.
+    /// Connects to NATS and the database, forwards the process's logs to
+    /// the bus, serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServiceError> {
         let subjects = Subjects::new(&self.config.subject_prefix);
         let (transport, db) = tokio::try_join!(
             async {
                 let url = self.config.nats_url.as_deref().unwrap_or(DEFAULT_NATS_URL);
-                NatsTransport::connect(url, self.domain.name, subjects)
+                NatsTransport::connect(url, self.domain.name, subjects.clone())
                     .await
                     .map_err(ServiceError::from)
             },
@@ -103,7 +103,9 @@ impl Service {
                     .map_err(ServiceError::from)
             },
         )?;
-        let running = self.start(Arc::new(transport), db).await?;
+        let transport: Arc<dyn Transport> = Arc::new(transport);
+        crate::telemetry::forward_logs(transport.clone(), subjects);
+        let running = self.start(transport, db).await?;
         shutdown_signal().await;
         running.shutdown().await
     }

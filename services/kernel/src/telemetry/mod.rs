@@ -6,7 +6,10 @@
 //!   `pretty` decides explicitly, `RUST_LOG` filters (default
 //!   `info,sqlx=warn`). Every line carries the fields of the spans it
 //!   happens in: the service and its instance, and inside a handler the
-//!   plugin, the request id and the route.
+//!   plugin, the request id and the route. Once the process's transport
+//!   exists ([`forward_logs`]), the records that pass the filter are also
+//!   published on the bus for the gateway's live log stream (see
+//!   [`log_stream`]).
 //! - **Traces** go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   (or `…_TRACES_ENDPOINT`) is set, over HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`
 //!   `http/protobuf`, the default, or `http/json`), sampled as
@@ -21,6 +24,7 @@
 //!   configured (see [`metrics`]). The statements of a service count in
 //!   its `db.client.operation.duration` (see [`sql`]).
 
+mod log_stream;
 pub mod metrics;
 mod sql;
 
@@ -39,6 +43,11 @@ use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub use log_stream::forward_logs;
+
+/// The log filter when `RUST_LOG` is unset or unreadable.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +97,10 @@ pub fn init(service: &str) -> Telemetry {
         Ok(format) => (format, None),
         Err(unknown) => (LogFormat::Pretty, Some(unknown)),
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // One filter per layer that writes logs: the log lines and the
+    // records forwarded to the bus pass the same `RUST_LOG`.
+    let log_filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -127,12 +138,17 @@ pub fn init(service: &str) -> Telemetry {
         metadata.target() == sql::TARGET
             || (metadata.is_span() && *metadata.level() <= tracing::Level::INFO)
     }));
+    let forwarding = log_stream::Forwarding::new(service);
     let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
+        .with(logs.with_filter(log_filter()))
+        .with(log_stream::LogForwarding::new(forwarding.clone()).with_filter(log_filter()))
         .with(traces)
         .with(sql_statements)
         .try_init()
         .is_ok();
+    if installed {
+        log_stream::install(forwarding);
+    }
     if let Some(unknown) = unknown_format {
         tracing::warn!("{unknown}; writing pretty logs");
     }

@@ -147,6 +147,19 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishes a message to every subscriber of `subject`, now or never.
     async fn publish(&self, subject: &str, message: Message) -> Result<(), TransportError>;
 
+    /// Every message published from now on to a subject `pattern` matches
+    /// (NATS wildcards: `*` is one token, a final `>` one or more), plain
+    /// or durable, until the stream is dropped. When this returns the
+    /// subscription is in place: whatever is published next reaches it.
+    ///
+    /// A tap for observers — the gateway's traces and live streams — never
+    /// for work: nothing is stored, acknowledged or redelivered, and a
+    /// subscriber that falls behind misses messages instead of slowing
+    /// anyone down. Over NATS a duplicate of a durable message may pass
+    /// again (the server de-duplicates its stream, not the subject).
+    async fn subscribe(&self, pattern: &str)
+    -> Result<BoxStream<'static, Message>, TransportError>;
+
     /// Stores a message durably and returns once the server has it. A
     /// second message with the same `id` within the de-duplication window
     /// is stored once.

@@ -169,6 +169,31 @@ impl Transport for NatsTransport {
             .map_err(|e| TransportError::new("publish", e))
     }
 
+    async fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> Result<BoxStream<'static, Message>, TransportError> {
+        const SUBSCRIBING: &str = "subscribing";
+        // A core subscription: JetStream publishes are plain publishes to
+        // the server first, so durable messages reach it too. The client
+        // buffers what it has not read yet and drops what overflows (a
+        // slow consumer), so a lagging reader never holds up the socket.
+        let subscriber = self
+            .client
+            .subscribe(pattern.to_owned())
+            .await
+            .map_err(|e| TransportError::new(SUBSCRIBING, e))?;
+        self.round_trip()
+            .await
+            .map_err(|e| TransportError::new(SUBSCRIBING, e))?;
+        Ok(subscriber
+            .map(|message| Message {
+                headers: message.headers.as_ref().map(from_nats).unwrap_or_default(),
+                body: message.payload,
+            })
+            .boxed())
+    }
+
     async fn publish_durable(
         &self,
         subject: &str,

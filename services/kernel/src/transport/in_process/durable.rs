@@ -132,11 +132,13 @@ impl RecentIds {
 }
 
 impl Durable {
-    pub fn publish(&self, subject: &str, id: &str, message: Message) {
+    /// Stores `message` unless its id was seen inside the de-duplication
+    /// window; true when it was stored.
+    pub fn publish(&self, subject: &str, id: &str, message: Message) -> bool {
         let readers = {
             let mut logs = lock(&self.logs);
             if !logs.seen.insert(id, Instant::now()) {
-                return;
+                return false;
             }
             let log = logs.subjects.entry(subject.to_owned()).or_default();
             log.messages.push_back(message);
@@ -147,6 +149,7 @@ impl Durable {
         for reader in readers.iter().filter_map(Weak::upgrade) {
             reader.wake.notify_one();
         }
+        true
     }
 
     /// A stream of deliveries for `spec`, attached to the shared consumer
@@ -449,9 +452,9 @@ mod tests {
     async fn a_repeated_id_is_stored_once() {
         let durable = Durable::default();
         let mut deliveries = durable.consume(spec(shared("c"), Duration::from_secs(30)));
-        durable.publish("mc.events.t", "same", message(1));
-        durable.publish("mc.events.t", "same", message(2));
-        durable.publish("mc.events.t", "other", message(3));
+        assert!(durable.publish("mc.events.t", "same", message(1)));
+        assert!(!durable.publish("mc.events.t", "same", message(2)));
+        assert!(durable.publish("mc.events.t", "other", message(3)));
         assert_eq!(next(&mut deliveries).await.message.body.as_ref(), [1]);
         assert_eq!(next(&mut deliveries).await.message.body.as_ref(), [3]);
     }

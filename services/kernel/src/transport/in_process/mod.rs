@@ -10,7 +10,10 @@
 //! - durable messages are de-duplicated by id and consumed with acks,
 //!   retries after a delay, redelivery after the ack wait, shared consumers
 //!   (one delivery per name across instances, progress kept while no
-//!   instance runs) and broadcast ones (see [`durable`]).
+//!   instance runs) and broadcast ones (see [`durable`]);
+//! - plain subscriptions see what is published from then on, plain or
+//!   durable (a de-duplicated message once), and never slow a publisher
+//!   down (see [`taps`]).
 //!
 //! What it does not give: durability across restarts. Events live in
 //! memory and die with the process; what a crash loses is whatever the
@@ -18,6 +21,7 @@
 //! yet.
 
 mod durable;
+mod taps;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +39,7 @@ use super::{
     RequestError, Respond, ServiceSpec, Transport, TransportError,
 };
 use durable::Durable;
+use taps::Taps;
 
 /// The queue group name instances report, as the NATS transport does.
 const QUEUE_GROUP: &str = "q";
@@ -62,6 +67,7 @@ struct Hub {
     instances: Mutex<HashMap<String, ServiceInfo>>,
     announcements: broadcast::Sender<Announcement>,
     durable: Durable,
+    taps: Taps,
 }
 
 #[derive(Clone)]
@@ -85,6 +91,7 @@ impl InProcessTransport {
                 instances: Mutex::default(),
                 announcements: broadcast::channel(ANNOUNCEMENT_BACKLOG).0,
                 durable: Durable::default(),
+                taps: Taps::default(),
             }),
         }
     }
@@ -174,10 +181,21 @@ impl Transport for InProcessTransport {
         }
     }
 
-    async fn publish(&self, _subject: &str, _message: Message) -> Result<(), TransportError> {
-        // Plain (non-durable) subjects have no subscribers inside a process:
-        // announcements and discovery travel through the hub itself.
+    async fn publish(&self, subject: &str, message: Message) -> Result<(), TransportError> {
+        // Announcements and discovery travel through the hub itself; what
+        // is published on a subject reaches its taps.
+        self.hub.taps.publish(subject, &message);
         Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> Result<BoxStream<'static, Message>, TransportError> {
+        self.hub
+            .taps
+            .subscribe(pattern)
+            .map_err(|e| TransportError::new("subscribing", e))
     }
 
     async fn publish_durable(
@@ -186,7 +204,10 @@ impl Transport for InProcessTransport {
         id: &str,
         message: Message,
     ) -> Result<(), TransportError> {
-        self.hub.durable.publish(subject, id, message);
+        // A duplicate is neither stored nor seen again.
+        if self.hub.durable.publish(subject, id, message.clone()) {
+            self.hub.taps.publish(subject, &message);
+        }
         Ok(())
     }
 
@@ -260,5 +281,38 @@ impl Respond for InProcessResponder {
         // A caller that stopped waiting is not an error.
         let _ = self.0.send(reply);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_duplicate_durable_message_reaches_taps_once() {
+        let transport = InProcessTransport::new();
+        let mut tap = transport.subscribe("mc.events.>").await.expect("a tap");
+        for body in ["first", "again"] {
+            let message = Message::new(Default::default(), body);
+            transport
+                .publish_durable("mc.events.t", "same-id", message)
+                .await
+                .expect("published");
+        }
+        transport
+            .publish("mc.events.t", Message::new(Default::default(), "plain"))
+            .await
+            .expect("published");
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(2), tap.next())
+                .await
+                .expect("a message in time")
+                .expect("an open tap")
+                .body
+        };
+        assert_eq!(next().await, "first");
+        assert_eq!(next().await, "plain", "the duplicate is not seen");
     }
 }
