@@ -154,6 +154,13 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
         "{text}"
     );
     assert!(!text.contains("12.5"), "no bound value: {text}");
+    for (name, value) in [
+        ("db.system.name", "postgresql"),
+        ("db.operation.name", "INSERT"),
+        ("db.collection.name", "orders"),
+    ] {
+        assert_eq!(insert.attributes[name].as_str(), Some(value), "{name}");
+    }
     let staged = trace
         .iter()
         .find(|s| s.name == "INSERT mc_outbox" && s.service == "orders")

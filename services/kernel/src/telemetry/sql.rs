@@ -155,11 +155,12 @@ where
             ..Statement::default()
         };
         event.record(&mut statement);
-        if let Some(metrics) = metrics {
+        if let Some(metrics) = &metrics {
             metrics.record(&statement);
         }
         if let (Some(parent), Some(tracer)) = (parent, &self.tracer) {
-            statement.span(tracer, &parent);
+            let system = metrics.as_ref().map(|m| m.system.clone());
+            statement.span(tracer, &parent, system);
         }
     }
 }
@@ -197,8 +198,10 @@ impl Statement {
         }
     }
 
-    /// Records the statement as a client span of `parent`, ending now.
-    fn span(&self, tracer: &SdkTracer, parent: &opentelemetry::Context) {
+    /// Records the statement as a client span of `parent`, ending now,
+    /// with the database conventions' attributes (`db.system.name` when
+    /// the instance that ran it is known).
+    fn span(&self, tracer: &SdkTracer, parent: &opentelemetry::Context, system: Option<KeyValue>) {
         let text = self.text();
         let name = match self.collection() {
             Some(collection) => format!("{} {collection}", self.operation),
@@ -206,14 +209,19 @@ impl Statement {
         };
         let end = SystemTime::now();
         let elapsed = Duration::try_from_secs_f64(self.elapsed_secs).unwrap_or_default();
+        let mut attributes = vec![
+            KeyValue::new("db.query.text", text),
+            KeyValue::new("db.operation.name", self.operation.clone()),
+        ];
+        attributes.extend(system);
+        if let Some(collection) = self.collection() {
+            attributes.push(KeyValue::new("db.collection.name", collection.to_owned()));
+        }
         let mut span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_start_time(end - elapsed)
-            .with_attributes([
-                KeyValue::new("db.query.text", text),
-                KeyValue::new("db.operation.name", self.operation.clone()),
-            ])
+            .with_attributes(attributes)
             .start_with_context(tracer, parent);
         span.end_with_timestamp(end);
     }
