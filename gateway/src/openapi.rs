@@ -107,7 +107,7 @@ fn system_paths() -> Map<String, Value> {
             "/system/status",
             operation(
                 "system_status",
-                "Every service and instance: plugins (ready or dead, and why), endpoints, subscriptions",
+                "Every service and instance: plugins (ready or dead, and why), endpoints, subscriptions, and its tools' health as the instance reports it when asked (`tools`), or why it did not (`health_error`)",
             ),
         ),
         (

@@ -3,20 +3,29 @@
 //! the route table with its conflicts, and `/system/status`, every service
 //! with its instances, their plugins (ready, or dead and why), endpoints
 //! and subscriptions. The views built from what instances answer when
-//! asked are in `events` and `metrics`.
+//! asked are in `events` and `metrics`, and one part of `/system/status`
+//! is too: the health of each instance's tools, which no announcement can
+//! carry since it is only true when asked. Every live instance is asked at
+//! once with the usual short timeout ([`instances::REPORT_TIMEOUT`]); one
+//! that does not answer is listed with a `health_error` instead of its
+//! tools, and the view answers all the same.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::future::join_all;
+use microcore::transport::Transport;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared_schemas::discovery::{HttpEndpoint, PluginStatus, ServiceInfo, SubscriptionInfo, meta};
+use shared_schemas::system::{ToolHealth, View};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::discovery::RoutesView;
 use crate::envelope;
+use crate::instances;
 use crate::proxy::Proxy;
 
 /// `GET /system/routes`.
@@ -31,20 +40,43 @@ pub async fn routes(State(proxy): State<Arc<Proxy>>) -> Response {
 /// `GET /system/status`.
 pub async fn status(State(proxy): State<Arc<Proxy>>) -> Response {
     let snapshot = proxy.routes.load();
+    let asked = snapshot.fleet.iter().map(|(_, instances)| {
+        join_all(
+            instances
+                .iter()
+                .map(|info| tools_health(proxy.transport.as_ref(), info)),
+        )
+    });
+    let health = join_all(asked).await;
     let now = OffsetDateTime::now_utc();
     let services: Vec<ServiceStatus> = snapshot
         .fleet
         .iter()
-        .map(|(name, instances)| ServiceStatus {
+        .zip(health)
+        .map(|((name, instances), health)| ServiceStatus {
             name,
             live: !instances.is_empty(),
             instances: instances
                 .iter()
-                .map(|i| InstanceStatus::of(i, now))
+                .zip(health)
+                .map(|(info, health)| InstanceStatus::of(info, health, now))
                 .collect(),
         })
         .collect();
     envelope::ok(StatusView { services })
+}
+
+/// What the instance `info` describes says of its tools' health.
+async fn tools_health(
+    transport: &dyn Transport,
+    info: &ServiceInfo,
+) -> Result<Vec<ToolHealth>, String> {
+    let report = instances::report(transport, info, &[View::Health])
+        .await
+        .map_err(|e| e.to_string())?;
+    report
+        .health
+        .ok_or_else(|| "the instance does not report its tools' health".to_owned())
 }
 
 #[derive(Serialize)]
@@ -71,6 +103,12 @@ struct InstanceStatus<'a> {
     plugins: Vec<PluginStatus>,
     endpoints: Vec<EndpointStatus<'a>>,
     subscriptions: Vec<SubscriptionInfo>,
+    /// The health of the instance's tools that check it, as it answered
+    /// just now; `None` when it did not.
+    tools: Option<Vec<ToolHealth>>,
+    /// Why `tools` is `None`: the instance did not answer in time, or
+    /// runs a kernel that does not report its tools' health.
+    health_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -95,8 +133,16 @@ enum EndpointStatus<'a> {
 }
 
 impl<'a> InstanceStatus<'a> {
-    fn of(info: &'a ServiceInfo, now: OffsetDateTime) -> Self {
+    fn of(
+        info: &'a ServiceInfo,
+        health: Result<Vec<ToolHealth>, String>,
+        now: OffsetDateTime,
+    ) -> Self {
         let metadata = |key: &str| info.metadata.get(key).map(String::as_str);
+        let (tools, health_error) = match health {
+            Ok(tools) => (Some(tools), None),
+            Err(reason) => (None, Some(reason)),
+        };
         let started = metadata(meta::STARTED);
         let uptime_secs = started
             .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
@@ -134,6 +180,8 @@ impl<'a> InstanceStatus<'a> {
             plugins: listed(info, meta::PLUGINS),
             endpoints,
             subscriptions: listed(info, meta::SUBSCRIPTIONS),
+            tools,
+            health_error,
         }
     }
 }

@@ -4,10 +4,15 @@
 //! forwards an HTTP request, and builds the fleet views from the answers.
 //!
 //! The request has no body. Its [`VIEW`] header names the parts wanted,
-//! comma-separated ([`View::Bus`], [`View::Metrics`]); without it the
-//! instance sends every part. Asking for less matters: the Prometheus text
-//! is the larger part, and the event topology does not need it. The reply
-//! is an [`InstanceReport`] as JSON.
+//! comma-separated ([`View::Bus`], [`View::Metrics`], [`View::Health`]);
+//! without it the instance sends every part. Asking for less matters: the
+//! Prometheus text is the larger part, and the event topology does not need
+//! it; the health of the tools costs a database round trip. The reply is an
+//! [`InstanceReport`] as JSON.
+//!
+//! Both sides ignore what they do not know, so gateways and instances of
+//! different versions work together: an instance skips the views it does
+//! not know, and a part it leaves out is `None` on the gateway's side.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +26,8 @@ pub enum View {
     Bus,
     /// The Prometheus text: [`InstanceReport::metrics`].
     Metrics,
+    /// The health of the instance's tools: [`InstanceReport::health`].
+    Health,
 }
 
 impl View {
@@ -28,6 +35,7 @@ impl View {
         match self {
             Self::Bus => "bus",
             Self::Metrics => "metrics",
+            Self::Health => "health",
         }
     }
 
@@ -37,6 +45,7 @@ impl View {
         value.split(',').filter_map(|name| match name.trim() {
             "bus" => Some(Self::Bus),
             "metrics" => Some(Self::Metrics),
+            "health" => Some(Self::Health),
             _ => None,
         })
     }
@@ -54,6 +63,28 @@ pub struct InstanceReport {
     /// (version 0.0.4); present when [`View::Metrics`] was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// One entry per tool of the instance that checks its health (the
+    /// database, the bus …), by tool name; present when [`View::Health`]
+    /// was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Vec<ToolHealth>>,
+}
+
+/// How one tool of an instance is doing, as its check found when asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolHealth {
+    /// The tool's name, as plugins ask for it (`db`, `bus` …).
+    pub tool: String,
+    pub healthy: bool,
+    /// What is wrong, when it is not healthy: words for an operator, never
+    /// a connection string or a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How long the check's round trip took, in milliseconds, for checks
+    /// that make one (the database's query), succeeded or not; absent when
+    /// the check did not finish in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
 }
 
 /// The events an instance published and how its subscriptions fared.
@@ -101,8 +132,8 @@ mod tests {
 
     #[test]
     fn view_lists_ignore_unknown_names() {
-        let views: Vec<View> = View::parse_list("bus, traces,metrics").collect();
-        assert_eq!(views, [View::Bus, View::Metrics]);
+        let views: Vec<View> = View::parse_list("bus, traces,metrics,health").collect();
+        assert_eq!(views, [View::Bus, View::Metrics, View::Health]);
     }
 
     #[test]
@@ -111,5 +142,13 @@ mod tests {
             serde_json::from_str(r#"{"service":"products","instance":"1"}"#).unwrap();
         assert_eq!(report.bus, None);
         assert_eq!(report.metrics, None);
+        assert_eq!(report.health, None);
+    }
+
+    #[test]
+    fn a_healthy_tool_reads_without_detail() {
+        let health: ToolHealth = serde_json::from_str(r#"{"tool":"bus","healthy":true}"#).unwrap();
+        assert_eq!(health.detail, None);
+        assert_eq!(health.latency_ms, None);
     }
 }

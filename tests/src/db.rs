@@ -79,6 +79,55 @@ impl TestDb {
         &self.pool
     }
 
+    /// Makes the database refuse new connections and ends the open ones
+    /// (the test's own pool's too), as when its server is gone for the
+    /// services using it; the server keeps serving the other databases.
+    /// Until [`accept_connections`](Self::accept_connections).
+    ///
+    /// # Panics
+    /// When Postgres refuses.
+    pub async fn refuse_connections(&self) {
+        let mut admin = self.admin_connection().await;
+        self.allow_connections(&mut admin, false).await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot end the connections to {}: {e}", self.name));
+        let _ = admin.close().await;
+    }
+
+    /// Undoes [`refuse_connections`](Self::refuse_connections).
+    ///
+    /// # Panics
+    /// When Postgres refuses.
+    pub async fn accept_connections(&self) {
+        let mut admin = self.admin_connection().await;
+        self.allow_connections(&mut admin, true).await;
+        let _ = admin.close().await;
+    }
+
+    async fn allow_connections(&self, admin: &mut PgConnection, allow: bool) {
+        let name = &self.name;
+        // The name is generated from a UUID: nothing to inject.
+        sqlx::query(AssertSqlSafe(format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allow}"#
+        )))
+        .execute(admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot set ALLOW_CONNECTIONS {allow} on {name}: {e}"));
+    }
+
+    /// A connection to the server's administrative database.
+    async fn admin_connection(&self) -> PgConnection {
+        PgConnection::connect_with(&self.admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the Postgres server of {}: {e}", self.name))
+    }
+
     /// Rows in `table` (schema-qualified, e.g. `products.products`).
     ///
     /// # Panics

@@ -186,6 +186,22 @@ impl ServiceProcess {
         }
     }
 
+    /// Stops the process where it is (SIGSTOP), as when its host stalls:
+    /// it holds its connections and answers nothing until
+    /// [`resume`](Self::resume).
+    pub fn suspend(&mut self) {
+        if self.exit_status().is_none() {
+            self.signal(Signal::STOP);
+        }
+    }
+
+    /// Lets a [`suspend`](Self::suspend)ed process go on (SIGCONT).
+    pub fn resume(&mut self) {
+        if self.exit_status().is_none() {
+            self.signal(Signal::CONT);
+        }
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(status) = self.exit_status() {

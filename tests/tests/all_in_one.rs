@@ -105,6 +105,28 @@ async fn the_embedded_default_needs_nothing_installed_and_says_what_it_runs_on()
         .expect_success(StatusCode::OK);
     assert_eq!(health["services"], 4, "{health}");
     assert_eq!(health["transports"], json!(["in-process"]), "{health}");
+    let status = embedded
+        .http()
+        .get("/system/status")
+        .await
+        .expect_success(StatusCode::OK);
+    let services = status["services"].as_array().expect("a list of services");
+    assert_eq!(services.len(), 4, "{status}");
+    for instance in services
+        .iter()
+        .flat_map(|s| s["instances"].as_array().into_iter().flatten())
+    {
+        let tools = instance["tools"].as_array().expect("the tools' health");
+        let tool = |name: &str| tools.iter().find(|t| t["tool"] == name);
+        assert!(
+            tool("db").is_some_and(|db| db["healthy"] == true && db["latency_ms"].is_f64()),
+            "the SQLite file answers: {instance}"
+        );
+        assert!(
+            tool("bus").is_some_and(|bus| bus["healthy"] == true),
+            "{instance}"
+        );
+    }
     let mut files: Vec<String> = std::fs::read_dir(embedded.data_dir())
         .expect("the data directory exists")
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())

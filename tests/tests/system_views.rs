@@ -1,22 +1,57 @@
 //! The gateway's fleet views, against live services: every service and
 //! instance with its plugins (a dead one with its reason, while the rest
-//! of its service serves), endpoints and subscriptions.
+//! of its service serves), endpoints, subscriptions and the health of its
+//! tools (a database that refuses connections, an instance that does not
+//! answer, while the view answers).
 
-use microcore_e2e::System;
+use microcore_e2e::{System, TestDb, wait};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The one instance of `service` in a `/system/status` answer.
-fn instance<'a>(status: &'a Value, service: &str) -> &'a Value {
+/// The instances of live `service` in a `/system/status` answer.
+fn instances<'a>(status: &'a Value, service: &str) -> &'a [Value] {
     let services = status["services"].as_array().expect("a list of services");
     let entry = services
         .iter()
         .find(|s| s["name"] == service)
         .unwrap_or_else(|| panic!("{service} is not listed: {status}"));
     assert_eq!(entry["live"], true, "{entry}");
-    let instances = entry["instances"].as_array().expect("its instances");
-    assert_eq!(instances.len(), 1, "{entry}");
+    entry["instances"].as_array().expect("its instances")
+}
+
+/// The one instance of `service` in a `/system/status` answer.
+fn instance<'a>(status: &'a Value, service: &str) -> &'a Value {
+    let instances = instances(status, service);
+    assert_eq!(instances.len(), 1, "{service}: {instances:?}");
     &instances[0]
+}
+
+/// The health of `name` among the tools of `instance`.
+fn tool<'a>(instance: &'a Value, name: &str) -> &'a Value {
+    instance["tools"]
+        .as_array()
+        .and_then(|tools| tools.iter().find(|t| t["tool"] == name))
+        .unwrap_or_else(|| panic!("no `{name}` among the tools: {instance}"))
+}
+
+/// Whether every instance of `service` reports its database and bus
+/// healthy, the database with the latency of its round trip.
+fn tools_healthy(status: &Value, service: &str) -> bool {
+    instances(status, service).iter().all(|instance| {
+        let db = tool(instance, "db");
+        db["healthy"] == true
+            && db["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0)
+            && tool(instance, "bus")["healthy"] == true
+            && instance["health_error"].is_null()
+    })
+}
+
+async fn status(system: &System) -> Value {
+    system
+        .http()
+        .get("/system/status")
+        .await
+        .expect_success(StatusCode::OK)
 }
 
 #[tokio::test]
@@ -109,4 +144,73 @@ async fn status_lists_every_instance_with_its_plugins_endpoints_and_subscription
         document["paths"]["/system/status"]["get"]["tags"],
         json!(["System"])
     );
+}
+
+#[tokio::test]
+async fn status_shows_the_health_of_each_instance_tools_and_answers_when_they_fail() {
+    // No discovery sweep during the test: the instance it suspends stays
+    // listed, as it does between two sweeps.
+    let mut system = System::builder()
+        .gateway_env("MC_DISCOVERY_INTERVAL_MS", 600_000)
+        .start()
+        .await;
+    // The users service gets a database of its own, to lose it alone.
+    let users_db = TestDb::create().await;
+    let _products = system.start_products().await;
+    let mut users = system
+        .start_service("users", "users", &[("DATABASE_URL", users_db.url())])
+        .await;
+    system.start_gateway().await;
+    system.wait_until_routable().await;
+
+    let everything_up = status(&system).await;
+    for service in ["products", "users"] {
+        assert!(tools_healthy(&everything_up, service), "{everything_up}");
+    }
+
+    // The users database goes away: its pool's connections are ended and
+    // new ones refused. The next check reports it.
+    users_db.refuse_connections().await;
+    let db_down = system
+        .wait_for(
+            "/system/status reports the users database unhealthy",
+            wait::PROMPT,
+            || async {
+                let status = status(&system).await;
+                let down = tool(instance(&status, "users"), "db")["healthy"] == false;
+                down.then_some(status)
+            },
+        )
+        .await;
+    let users_db_health = tool(instance(&db_down, "users"), "db");
+    let detail = users_db_health["detail"].as_str().unwrap_or_default();
+    assert!(!detail.is_empty(), "{users_db_health}");
+    assert!(!detail.contains(users_db.url()), "{users_db_health}");
+    assert_eq!(tool(instance(&db_down, "users"), "bus")["healthy"], true);
+    assert!(tools_healthy(&db_down, "products"), "{db_down}");
+
+    users_db.accept_connections().await;
+    system
+        .wait_for(
+            "/system/status reports the users database healthy again",
+            wait::PROMPT,
+            || async { tools_healthy(&status(&system).await, "users").then_some(()) },
+        )
+        .await;
+
+    // A users instance that answers nothing: the view waits for it no
+    // longer than the report timeout and says so.
+    users.process().suspend();
+    let silent = status(&system).await;
+    users.process().resume();
+    let silent_users = instance(&silent, "users");
+    assert!(silent_users["tools"].is_null(), "{silent_users}");
+    assert!(
+        silent_users["health_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{silent_users}"
+    );
+    assert_eq!(silent_users["id"], users.id());
+    assert!(tools_healthy(&silent, "products"), "{silent}");
 }

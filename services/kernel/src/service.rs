@@ -72,7 +72,9 @@ impl Service {
     }
 
     /// Offers `tool` to the plugins beside the kernel's own (a mailer, a
-    /// payment client …). A tool whose name is taken fails the boot.
+    /// payment client …). A tool whose name is taken fails the boot. If it
+    /// implements [`Tool::check_health`], the instance's health view
+    /// lists it beside the database and the bus.
     pub fn tool<T: Tool>(mut self, tool: T) -> Self {
         self.tools.push(Box::new(move |toolbox: &mut Toolbox| {
             toolbox.insert(tool).map(|_| ())
@@ -187,6 +189,7 @@ impl Service {
             instance: instance_id.clone(),
             bus: bus.counters().clone(),
             metrics: metrics.clone(),
+            tools,
         };
         let endpoints: Vec<Endpoint> = http
             .routes()

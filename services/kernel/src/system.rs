@@ -1,6 +1,7 @@
 //! The instance's system endpoint: where the gateway asks this one
 //! instance (not any replica of its service) for its live figures, the bus
-//! counters and the Prometheus text of its metrics.
+//! counters, the Prometheus text of its metrics and the health of its
+//! tools.
 //!
 //! It is an endpoint like the others, registered through the transport,
 //! so it works the same in-process and over NATS and is listed in
@@ -14,10 +15,11 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, header};
 use shared_schemas::Subjects;
 use shared_schemas::discovery::{EndpointInfo, meta};
-use shared_schemas::system::{InstanceReport, VIEW, View};
+use shared_schemas::system::{InstanceReport, ToolHealth, VIEW, View};
 
 use crate::telemetry::Metrics;
 use crate::tools::bus::BusCounters;
+use crate::tools::{Health, Toolbox};
 use crate::transport::{Incoming, Message};
 
 /// The micro endpoint name of the system endpoint.
@@ -29,6 +31,8 @@ pub(crate) struct SystemEndpoint {
     pub instance: String,
     pub bus: Arc<BusCounters>,
     pub metrics: Metrics,
+    /// The service's tools, for their health checks.
+    pub tools: Toolbox,
 }
 
 impl SystemEndpoint {
@@ -44,7 +48,7 @@ impl SystemEndpoint {
 
     /// Answers one request with the parts it asks for.
     pub async fn serve(&self, incoming: Incoming) {
-        let report = self.report(&incoming.message.headers);
+        let report = self.report(&incoming.message.headers).await;
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -60,33 +64,76 @@ impl SystemEndpoint {
         }
     }
 
-    fn report(&self, request: &HeaderMap) -> InstanceReport {
-        let (mut bus, mut metrics) = (false, false);
-        match request.get(VIEW).and_then(|v| v.to_str().ok()) {
-            None => (bus, metrics) = (true, true),
-            Some(views) => {
-                for view in View::parse_list(views) {
-                    match view {
-                        View::Bus => bus = true,
-                        View::Metrics => metrics = true,
-                    }
+    async fn report(&self, request: &HeaderMap) -> InstanceReport {
+        let wanted = Wanted::of(request);
+        let metrics = wanted
+            .metrics
+            .then(|| match self.metrics.prometheus_text() {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the instance's metrics");
+                    None
                 }
-            }
-        }
+            })
+            .flatten();
+        let health = if wanted.health {
+            let found = self.tools.check_health().await;
+            Some(
+                found
+                    .into_iter()
+                    .map(|(tool, health)| tool_health(tool, health))
+                    .collect(),
+            )
+        } else {
+            None
+        };
         InstanceReport {
             service: self.service.clone(),
             instance: self.instance.clone(),
-            bus: bus.then(|| self.bus.report()),
-            metrics: metrics
-                .then(|| match self.metrics.prometheus_text() {
-                    Ok(text) => Some(text),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not read the instance's metrics");
-                        None
-                    }
-                })
-                .flatten(),
+            bus: wanted.bus.then(|| self.bus.report()),
+            metrics,
+            health,
         }
+    }
+}
+
+/// The parts of the report a request asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Wanted {
+    bus: bool,
+    metrics: bool,
+    health: bool,
+}
+
+impl Wanted {
+    /// What the [`VIEW`] header names; everything without one.
+    fn of(request: &HeaderMap) -> Self {
+        let Some(views) = request.get(VIEW).and_then(|v| v.to_str().ok()) else {
+            return Self {
+                bus: true,
+                metrics: true,
+                health: true,
+            };
+        };
+        let mut wanted = Self::default();
+        for view in View::parse_list(views) {
+            match view {
+                View::Bus => wanted.bus = true,
+                View::Metrics => wanted.metrics = true,
+                View::Health => wanted.health = true,
+            }
+        }
+        wanted
+    }
+}
+
+/// A tool's finding as the report carries it.
+fn tool_health(tool: &str, health: Health) -> ToolHealth {
+    ToolHealth {
+        tool: tool.to_owned(),
+        healthy: health.is_healthy(),
+        detail: health.status.err(),
+        latency_ms: health.latency.map(|latency| latency.as_secs_f64() * 1000.0),
     }
 }
 
@@ -94,8 +141,22 @@ impl SystemEndpoint {
 mod tests {
     use super::*;
     use crate::telemetry::InstanceIdentity;
+    use crate::tools::Tool;
+
+    /// A tool that is always down.
+    #[derive(Clone)]
+    struct Mailer;
+    impl Tool for Mailer {
+        const NAME: &'static str = "mailer";
+
+        async fn check_health(&self) -> Option<Health> {
+            Some(Health::unhealthy("the relay refuses connections"))
+        }
+    }
 
     fn endpoint() -> SystemEndpoint {
+        let mut tools = Toolbox::new();
+        tools.insert(Mailer).unwrap();
         SystemEndpoint {
             service: "products".into(),
             instance: "p1".into(),
@@ -106,20 +167,42 @@ mod tests {
                 version: "0.1.0",
             })
             .unwrap(),
+            tools,
         }
     }
 
-    #[test]
-    fn the_view_header_selects_the_parts_of_the_report() {
-        let endpoint = endpoint();
-        let everything = endpoint.report(&HeaderMap::new());
-        assert!(everything.bus.is_some() && everything.metrics.is_some());
-
+    fn asking_for(views: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(VIEW, HeaderValue::from_static("bus"));
-        let bus_only = endpoint.report(&headers);
+        headers.insert(VIEW, HeaderValue::from_static(views));
+        headers
+    }
+
+    #[tokio::test]
+    async fn the_view_header_selects_the_parts_of_the_report() {
+        let endpoint = endpoint();
+        let everything = endpoint.report(&HeaderMap::new()).await;
+        assert!(everything.bus.is_some() && everything.metrics.is_some());
+        assert!(everything.health.is_some());
+
+        let bus_only = endpoint.report(&asking_for("bus")).await;
         assert!(bus_only.bus.is_some() && bus_only.metrics.is_none());
+        assert!(bus_only.health.is_none());
         assert_eq!(bus_only.instance, "p1");
+    }
+
+    #[tokio::test]
+    async fn the_health_view_lists_what_the_tools_found() {
+        let report = endpoint().report(&asking_for("health")).await;
+        assert!(report.bus.is_none() && report.metrics.is_none());
+        assert_eq!(
+            report.health,
+            Some(vec![ToolHealth {
+                tool: "mailer".into(),
+                healthy: false,
+                detail: Some("the relay refuses connections".into()),
+                latency_ms: None,
+            }])
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use crate::config::ServiceConfig;
 use crate::domain::Migrations;
-use crate::tools::{Tool, Transaction};
+use crate::tools::{Health, Tool, Transaction};
 
 /// How long a SQLite transaction waits for its turn to write (SQLite's own
 /// `busy_timeout` is the same).
@@ -74,6 +74,17 @@ pub struct Db {
 
 impl Tool for Db {
     const NAME: &'static str = "db";
+
+    /// [`Db::health_check`], timed: a connection from the pool (a new one
+    /// when the database dropped the idle ones) and a query's round trip.
+    async fn check_health(&self) -> Option<Health> {
+        let started = Instant::now();
+        let health = match self.health_check().await {
+            Ok(()) => Health::healthy(),
+            Err(e) => Health::unhealthy(e.summary()),
+        };
+        Some(health.with_latency(started.elapsed()))
+    }
 }
 
 impl Db {
@@ -292,6 +303,27 @@ impl DbError {
         self.kind
     }
 
+    /// What the engine said, after the kind unless it is
+    /// [`Other`](DbErrorKind::Other), fit to show an operator: unlike the
+    /// error's full text, never a configuration value (a URL, with its
+    /// password) or a TLS detail.
+    pub fn summary(&self) -> String {
+        let what = match &self.source {
+            sqlx::Error::Database(e) => e.message().to_owned(),
+            sqlx::Error::Io(e) => e.to_string(),
+            sqlx::Error::PoolTimedOut => "no connection became available in time".to_owned(),
+            sqlx::Error::PoolClosed => "the pool is closed".to_owned(),
+            sqlx::Error::WorkerCrashed => "the connection's worker crashed".to_owned(),
+            sqlx::Error::Tls(_) => "the TLS handshake failed".to_owned(),
+            sqlx::Error::Protocol(_) => "the database broke the protocol".to_owned(),
+            _ => "the query failed".to_owned(),
+        };
+        match self.kind {
+            DbErrorKind::Other => what,
+            kind => format!("{kind:?}: {what}"),
+        }
+    }
+
     fn other(source: sqlx::Error) -> Self {
         Self {
             kind: DbErrorKind::Other,
@@ -333,5 +365,33 @@ impl From<sqlx::Error> for DbError {
             constraint,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reachable_database_is_healthy_with_its_round_trip() {
+        let db = Db::connect("sqlite::memory:", None, 1).await.unwrap();
+        let health = db.check_health().await.unwrap();
+        assert!(health.is_healthy(), "{health:?}");
+        assert!(health.latency.is_some());
+    }
+
+    #[test]
+    fn the_summary_of_an_error_leaves_configuration_out() {
+        let url = "postgres://shop:s3cret@db.internal/shop";
+        let error = DbError::from(sqlx::Error::Configuration(
+            format!("cannot parse `{url}`").into(),
+        ));
+        assert!(error.to_string().contains("s3cret"));
+        assert_eq!(error.summary(), "the query failed");
+        let exhausted = DbError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(
+            exhausted.summary(),
+            "Connection: no connection became available in time"
+        );
     }
 }

@@ -2,16 +2,22 @@
 //! database, the bus, HTTP registration, the logger, access tokens. A plugin names the
 //! tools it needs as a tuple type; the kernel injects them, or marks the
 //! plugin dead with the name of the tool that is missing.
+//!
+//! Tools that depend on something outside the process also say whether
+//! they can do their work (see [`health`]), for the instance's health view.
 
 mod auth;
 pub(crate) mod bus;
 mod db;
+pub mod health;
 mod logger;
 mod transaction;
 
 use std::any::{Any, TypeId, type_name};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use auth::{AccessToken, Auth, AuthError, MIN_SECRET_LEN};
 pub use bus::{
@@ -19,6 +25,7 @@ pub use bus::{
     SubscribeError,
 };
 pub use db::{Db, DbError, DbErrorKind, Engine};
+pub use health::Health;
 pub use logger::Logger;
 pub use transaction::Transaction;
 
@@ -34,6 +41,15 @@ pub trait Tool: Clone + Send + Sync + 'static {
     fn for_plugin(&self, _plugin: &PluginId) -> Self {
         self.clone()
     }
+
+    /// Whether the tool can do its work right now, for the instance's
+    /// health view: a round trip to what it depends on, where it has one.
+    /// `None`, the default, for a tool with nothing outside the process to
+    /// check; it is then not listed. The toolbox bounds every check by
+    /// [`health::CHECK_TIMEOUT`], so a check need not bound itself.
+    fn check_health(&self) -> impl Future<Output = Option<Health>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// The tools of one service, one per type and per name.
@@ -41,6 +57,7 @@ pub trait Tool: Clone + Send + Sync + 'static {
 pub struct Toolbox {
     tools: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     names: HashMap<&'static str, &'static str>,
+    health_checks: Vec<health::HealthCheck>,
 }
 
 /// Two tools claim the same name: a boot error, never "last one wins".
@@ -67,6 +84,7 @@ impl Toolbox {
             });
         }
         self.names.insert(T::NAME, type_name::<T>());
+        self.health_checks.push(health::HealthCheck::of(&tool));
         self.tools.insert(TypeId::of::<T>(), Arc::new(tool));
         Ok(self)
     }
@@ -78,6 +96,16 @@ impl Toolbox {
     /// Names of the tools present, for system views.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.names.keys().copied()
+    }
+
+    /// Runs the health checks of every tool at once: what they found, by
+    /// tool name, for the tools that check.
+    pub async fn check_health(&self) -> BTreeMap<&'static str, Health> {
+        self.check_health_within(health::CHECK_TIMEOUT).await
+    }
+
+    async fn check_health_within(&self, timeout: Duration) -> BTreeMap<&'static str, Health> {
+        health::run(&self.health_checks, timeout).await
     }
 }
 
@@ -162,6 +190,46 @@ mod tests {
         assert!(<(Clock, Option<Mailer>)>::inject(&tools, &plugin).is_ok());
         let err = <(Clock, Mailer)>::inject(&tools, &plugin).err().unwrap();
         assert_eq!(err.to_string(), "missing tool `mailer`");
+    }
+
+    /// A tool whose check finds it down, or never finishes.
+    #[derive(Clone)]
+    struct Payments {
+        hangs: bool,
+    }
+    impl Tool for Payments {
+        const NAME: &'static str = "payments";
+
+        async fn check_health(&self) -> Option<Health> {
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            Some(Health::unhealthy("the provider refuses the key"))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_tools_that_check_are_listed_with_what_they_found() {
+        let mut tools = Toolbox::new();
+        tools.insert(Clock).unwrap();
+        tools.insert(Payments { hangs: false }).unwrap();
+        let found = tools.check_health().await;
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            [(
+                "payments",
+                Health::unhealthy("the provider refuses the key")
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_that_hangs_reports_its_tool_unhealthy() {
+        let mut tools = Toolbox::new();
+        tools.insert(Payments { hangs: true }).unwrap();
+        let found = tools.check_health_within(Duration::from_millis(10)).await;
+        let payments = &found["payments"];
+        assert_eq!(payments.status, Err("no answer within 10ms".to_owned()));
     }
 
     #[test]

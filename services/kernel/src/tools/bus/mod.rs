@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::causality;
 use crate::plugin::PluginId;
-use crate::tools::{DbError, Tool, Transaction};
+use crate::tools::{DbError, Health, Tool, Transaction};
 use crate::transport::{Message, Transport, TransportError};
 
 pub(crate) use consumer::start as start_subscription;
@@ -66,6 +66,18 @@ impl Tool for Bus {
             emitter: Some(plugin.clone()),
             ..self.clone()
         }
+    }
+
+    /// Whether the transport is connected to the bus now (always, in
+    /// process). No round trip: over NATS the client notices a lost server
+    /// by its own pings, and an instance cut off from NATS cannot be asked
+    /// anyway.
+    async fn check_health(&self) -> Option<Health> {
+        Some(if self.transport.is_connected() {
+            Health::healthy()
+        } else {
+            Health::unhealthy("not connected to the bus")
+        })
     }
 }
 
