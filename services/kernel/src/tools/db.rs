@@ -334,6 +334,13 @@ impl DbError {
     }
 }
 
+/// Postgres SQLSTATEs that mean the server ended or refused the
+/// connection rather than the statement: connection exceptions (class
+/// 08), shutdowns and startups (57P01–57P03), too many connections.
+fn refuses_connection(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(source: sqlx::Error) -> Self {
         use sqlx::error::ErrorKind;
@@ -344,6 +351,9 @@ impl From<sqlx::Error> for DbError {
                     ErrorKind::ForeignKeyViolation => DbErrorKind::ForeignKey,
                     ErrorKind::NotNullViolation => DbErrorKind::NotNull,
                     ErrorKind::CheckViolation => DbErrorKind::Check,
+                    _ if e.code().as_deref().is_some_and(refuses_connection) => {
+                        DbErrorKind::Connection
+                    }
                     _ => DbErrorKind::Other,
                 };
                 (
@@ -371,6 +381,16 @@ impl From<sqlx::Error> for DbError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_ends_or_refuses_the_connection_is_a_connection_error() {
+        for code in ["08006", "08P01", "57P01", "57P03", "53300"] {
+            assert!(refuses_connection(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001"] {
+            assert!(!refuses_connection(code), "{code}");
+        }
+    }
 
     #[tokio::test]
     async fn a_reachable_database_is_healthy_with_its_round_trip() {
