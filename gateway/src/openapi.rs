@@ -5,8 +5,8 @@
 //! services instead of picking one silently.
 
 use serde_json::{Map, Value, json};
-
 use shared_schemas::auth::OPENAPI_SCHEME;
+use shared_schemas::envelope::success_schema;
 
 use crate::routes::{Claim, Conflict};
 
@@ -71,15 +71,7 @@ fn system_paths() -> Map<String, Value> {
             "summary": summary,
             "responses": {"200": {
                 "description": "OK",
-                "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["success", "data", "error"],
-                    "properties": {
-                        "success": {"type": "boolean", "const": true},
-                        "data": {"type": "object"},
-                        "error": {"type": "null"},
-                    },
-                }}},
+                "content": {"application/json": {"schema": success_schema(json!({"type": "object"}))}},
             }},
         }})
     };

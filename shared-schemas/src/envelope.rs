@@ -49,3 +49,17 @@ impl<T> ApiResponse<T> {
         }
     }
 }
+
+/// The JSON Schema of a successful envelope whose `data` has the schema
+/// `data`: how every OpenAPI document of the system describes a success.
+pub fn success_schema(data: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["success", "data", "error"],
+        "properties": {
+            "success": {"type": "boolean", "const": true},
+            "data": data,
+            "error": {"type": "null"},
+        },
+    })
+}

@@ -90,3 +90,31 @@ impl Front for Embedded {
         Embedded::fail(self, message)
     }
 }
+
+/// Runs each named flow — an `async fn(&impl Front)` of the calling test
+/// file — once against the distributed system and once against the
+/// embedded process, so one suite keeps both topologies honest. The file
+/// provides `distributed() -> (System, services)` (the services live for
+/// the test) and `embedded() -> Embedded`.
+#[macro_export]
+macro_rules! on_both_topologies {
+    ($($flow:ident),* $(,)?) => {
+        mod distributed {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let (system, _services) = super::distributed().await;
+                    super::$flow(&system).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    super::$flow(&super::embedded().await).await;
+                }
+            )*
+        }
+    };
+}

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use microcore_e2e::{Embedded, Front, Reply, ServiceInstance, System, wait};
+use microcore_e2e::{Embedded, Front, Reply, ServiceInstance, System, on_both_topologies, wait};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -197,27 +197,9 @@ async fn ordering_refuses_unknown_products_and_short_stock(shop: &impl Front) {
     );
 }
 
-/// Each flow, once per topology.
-macro_rules! on_both_topologies {
-    ($($flow:ident),* $(,)?) => {
-        mod distributed {
-            $(
-                #[tokio::test]
-                async fn $flow() {
-                    let (system, _services) = super::distributed().await;
-                    super::$flow(&system).await;
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $flow() {
-                    super::$flow(&super::Embedded::start().await).await;
-                }
-            )*
-        }
-    };
+/// The embedded process, for [`on_both_topologies!`].
+async fn embedded() -> Embedded {
+    Embedded::start().await
 }
 
 on_both_topologies! {

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use microcore_e2e::{Embedded, Front, ServiceInstance, SseEvent, System, wait};
+use microcore_e2e::{Embedded, Front, ServiceInstance, SseEvent, System, on_both_topologies, wait};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -233,29 +233,6 @@ async fn the_log_stream_carries_the_lines_of_each_service(shop: &impl Front) {
             .await
             .expect_error(StatusCode::BAD_REQUEST);
     }
-}
-
-/// Each flow, once per topology.
-macro_rules! on_both_topologies {
-    ($($flow:ident),* $(,)?) => {
-        mod distributed {
-            $(
-                #[tokio::test]
-                async fn $flow() {
-                    let (system, _services) = super::distributed().await;
-                    super::$flow(&system).await;
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $flow() {
-                    super::$flow(&super::embedded().await).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_topologies! {

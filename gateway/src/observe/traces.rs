@@ -29,6 +29,7 @@ use microcore::transport::Message;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use shared_schemas::envelope::success_schema;
 use shared_schemas::events::{DeadLetter, EventEnvelope};
 
 use super::{Observer, Params};
@@ -439,15 +440,7 @@ pub fn openapi_paths() -> Map<String, Value> {
     let answer = |data: Value| {
         json!({"200": {
             "description": "OK",
-            "content": {"application/json": {"schema": {
-                "type": "object",
-                "required": ["success", "data", "error"],
-                "properties": {
-                    "success": {"type": "boolean", "const": true},
-                    "data": data,
-                    "error": {"type": "null"},
-                },
-            }}},
+            "content": {"application/json": {"schema": success_schema(data)}},
         }, "400": {"description": "An unknown query parameter"}})
     };
     let buffer = |key: &str, items: Value| {

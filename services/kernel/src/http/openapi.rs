@@ -7,6 +7,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use shared_schemas::FieldError;
 use shared_schemas::auth::OPENAPI_SCHEME as BEARER_SCHEME;
+use shared_schemas::envelope::success_schema;
 use utoipa::ToSchema;
 
 use super::path_params;
@@ -113,15 +114,7 @@ impl Operation<'_> {
         let mut responses = json!({
             self.success.as_str(): {
                 "description": self.success.canonical_reason().unwrap_or("Success"),
-                "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["success", "data", "error"],
-                    "properties": {
-                        "success": {"type": "boolean", "const": true},
-                        "data": data,
-                        "error": {"type": "null"},
-                    },
-                }}},
+                "content": {"application/json": {"schema": success_schema(data)}},
             },
             "400": error("Business failure"),
             "422": error("Invalid input: the offending fields are in `details`"),
