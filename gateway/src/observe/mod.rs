@@ -10,6 +10,7 @@
 //! bounded and lost with it; each stream client has its own subscription,
 //! dropped with its connection.
 
+mod openapi;
 mod streams;
 mod traces;
 
@@ -112,7 +113,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 
 /// The OpenAPI operations of these routes, under the `System` tag.
 pub fn openapi_paths() -> Map<String, Value> {
-    let mut paths = traces::openapi_paths();
-    paths.extend(streams::openapi_paths());
+    let mut paths = openapi::traces();
+    paths.extend(openapi::streams());
     paths
 }

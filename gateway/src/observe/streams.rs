@@ -21,7 +21,6 @@ use futures_util::stream::{self, Stream};
 use http::StatusCode;
 use microcore::transport::Message;
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value, json};
 
 use super::{Observer, Params};
 use crate::envelope;
@@ -173,66 +172,11 @@ fn level<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<tracing::L
         .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a log level")))
 }
 
-/// The OpenAPI operations of the streams.
-pub fn openapi_paths() -> Map<String, Value> {
-    let stream = |id: &str, summary: &str, description: &str, parameters: Value| {
-        json!({"get": {
-            "operationId": id,
-            "tags": ["System"],
-            "summary": summary,
-            "description": description,
-            "parameters": parameters,
-            "responses": {
-                "200": {
-                    "description": "A stream of server-sent events, until the client disconnects",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                },
-                "400": {"description": "An invalid filter"},
-                "503": {"description": "The bus is unavailable"},
-            },
-        }})
-    };
-    let query = |name: &str, description: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
-    [
-        (
-            "/system/events/stream",
-            stream(
-                "system_events_stream",
-                "Every event as it passes on the bus, live",
-                "One server-sent event per event: `event:` its name, `id:` its id, `data:` its envelope (JSON). Keep-alive comments while nothing passes.",
-                json!([query(
-                    "event",
-                    "Only this event, e.g. `order.placed`; NATS wildcards allowed (`order.*`, `stock.>`)",
-                    json!({"type": "string"}),
-                )]),
-            ),
-        ),
-        (
-            "/system/logs/stream",
-            stream(
-                "system_logs_stream",
-                "The log records of every service and the gateway, live",
-                "One server-sent event per record that passes the process's `RUST_LOG`: `event: log`, `data:` the record (JSON: timestamp, level, target, message, fields, service, instance, spans). Keep-alive comments while nothing passes.",
-                json!([
-                    query("service", "Only the records of this service", json!({"type": "string"})),
-                    query(
-                        "level",
-                        "Only records at least this severe",
-                        json!({"type": "string", "enum": ["error", "warn", "info", "debug", "trace"]}),
-                    ),
-                ]),
-            ),
-        ),
-    ]
-    .into_iter()
-    .map(|(path, item)| (path.to_owned(), item))
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use http::HeaderMap;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -28,8 +28,7 @@ use futures_util::stream::{self, BoxStream};
 use microcore::transport::Message;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use shared_schemas::envelope::success_schema;
+use serde_json::json;
 use shared_schemas::events::{DeadLetter, EventEnvelope};
 
 use super::{Observer, Params};
@@ -396,101 +395,10 @@ impl<'a> Forest<'a> {
     }
 }
 
-/// The OpenAPI operations of the trace views.
-pub fn openapi_paths() -> Map<String, Value> {
-    let correlation = json!({
-        "name": "correlation_id",
-        "in": "query",
-        "required": false,
-        "description": "Only the trace of this correlation id: the id of the HTTP request (`X-Request-ID`) or of the event that started the chain.",
-        "schema": {"type": "string"},
-    });
-    let event_properties = json!({
-        "id": {"type": "string"},
-        "event": {"type": "string", "examples": ["order.placed"]},
-        "emitter": {"type": "string", "description": "`service.plugin` that published it"},
-        "parent_id": {"type": ["string", "null"], "description": "The request or event it was published while handling"},
-        "correlation_id": {"type": ["string", "null"]},
-        "timestamp": {"type": "string", "format": "date-time"},
-    });
-    let failure_properties = json!({
-        "subscriber": {"type": "string"},
-        "error": {"type": "string"},
-        "attempts": {"type": "integer", "minimum": 1},
-        "failed_at": {"type": "string", "format": "date-time"},
-    });
-    let mut node_properties = event_properties.clone();
-    node_properties["dead_letters"] = json!({
-        "type": "array",
-        "items": {"type": "object", "properties": failure_properties},
-    });
-    node_properties["children"] = json!({
-        "type": "array",
-        "description": "Nodes of the same shape: the events published while handling this one",
-        "items": {"type": "object"},
-    });
-    let mut record_properties = event_properties;
-    record_properties["kind"] = json!({"type": "string", "enum": ["event", "dead_letter"]});
-    if let (Some(record), Some(failure)) = (
-        record_properties.as_object_mut(),
-        failure_properties.as_object(),
-    ) {
-        record.extend(failure.clone());
-    }
-    let answer = |data: Value| {
-        json!({"200": {
-            "description": "OK",
-            "content": {"application/json": {"schema": success_schema(data)}},
-        }, "400": {"description": "An unknown query parameter"}})
-    };
-    let buffer = |key: &str, items: Value| {
-        json!({
-            "type": "object",
-            "properties": {
-                "capacity": {"type": "integer", "description": "Records kept at most (`MC_TRACE_BUFFER`)"},
-                "buffered": {"type": "integer", "description": "Records held now"},
-                key: {"type": "array", "items": items},
-            },
-        })
-    };
-    let trace = json!({
-        "type": "object",
-        "properties": {
-            "correlation_id": {"type": "string"},
-            "events": {"type": "integer"},
-            "roots": {"type": "array", "items": {"type": "object", "properties": node_properties}},
-        },
-    });
-    [
-        (
-            "/system/traces",
-            json!({"get": {
-                "operationId": "system_traces",
-                "tags": ["System"],
-                "summary": "The latest events as causal trees, grouped by correlation id, newest first",
-                "description": "An event's children are the events published while handling it; an event whose parent is not in the buffer (an HTTP request, a forgotten event) is a root. Dead letters hang on the event they are about. Also at `/system/traces/tree`.",
-                "parameters": [correlation.clone()],
-                "responses": answer(buffer("traces", trace)),
-            }}),
-        ),
-        (
-            "/system/traces/flat",
-            json!({"get": {
-                "operationId": "system_traces_flat",
-                "tags": ["System"],
-                "summary": "The latest events and dead letters as a list, newest first",
-                "parameters": [correlation],
-                "responses": answer(buffer("events", json!({"type": "object", "properties": record_properties}))),
-            }}),
-        ),
-    ]
-    .into_iter()
-    .map(|(path, item)| (path.to_owned(), item))
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn event(id: &str, name: &str, parent: Option<&str>, correlation: Option<&str>) -> TraceRecord {
