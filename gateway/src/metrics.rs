@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use microcore::telemetry::Metrics;
-use microcore::telemetry::metrics::{DURATION_BUCKETS, PROMETHEUS_CONTENT_TYPE};
+use microcore::telemetry::metrics::{PROMETHEUS_CONTENT_TYPE, duration_histogram};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
 use serde::Serialize;
@@ -51,13 +51,11 @@ pub struct HttpServerMetrics {
 impl HttpServerMetrics {
     pub fn new(metrics: &Metrics) -> Self {
         Self {
-            duration: metrics
-                .meter()
-                .f64_histogram("http.server.request.duration")
-                .with_description("Duration of HTTP server requests")
-                .with_unit("s")
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build(),
+            duration: duration_histogram(
+                metrics.meter(),
+                "http.server.request.duration",
+                "Duration of HTTP server requests",
+            ),
         }
     }
 }

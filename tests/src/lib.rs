@@ -47,7 +47,7 @@ pub use http::{Account, HttpClient, Reply};
 pub use nats::NatsServer;
 pub use process::ServiceProcess;
 pub use sse::{EventStream, SseEvent};
-pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, ServiceInstance, System, SystemBuilder};
+pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, SHOP, ServiceInstance, System, SystemBuilder};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///

@@ -95,7 +95,24 @@ impl SystemBuilder {
         system.wait_until_routable().await;
         (system, products)
     }
+
+    /// Starts the whole shop: NATS, the database, one instance of each
+    /// of [`SHOP`] (in that order, as returned) and the gateway, and waits
+    /// until their routes answer through it.
+    pub async fn with_shop(self) -> (System, Vec<ServiceInstance>) {
+        let mut system = self.start().await;
+        let mut services = Vec::new();
+        for name in SHOP {
+            services.push(system.start_service(name, name, &[]).await);
+        }
+        system.start_gateway().await;
+        system.wait_until_routable().await;
+        (system, services)
+    }
 }
+
+/// The services of the shop application, by binary name.
+pub const SHOP: [&str; 4] = ["products", "users", "orders", "notifications"];
 
 /// The process serving HTTP: the gateway, or the all-in-one binary in its
 /// place.

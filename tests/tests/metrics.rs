@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use microcore_e2e::otlp::Collector;
-use microcore_e2e::{Embedded, Front, ServiceInstance, System, wait};
+use microcore_e2e::{Embedded, Front, SHOP, System, wait};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-const SHOP: [&str; 4] = ["products", "users", "orders", "notifications"];
 
 /// Subscribers of `order.placed` in the shop.
 const RESERVE_STOCK: &str = "products.reserve_stock.order.placed";
@@ -481,17 +480,11 @@ async fn check_instance_metrics(
 
 #[tokio::test]
 async fn a_shop_order_shows_in_the_event_topology_and_in_every_instance_metrics() {
-    let mut system = System::builder()
+    let (system, services) = System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
-        .start()
+        .with_shop()
         .await;
-    let mut services: Vec<ServiceInstance> = Vec::new();
-    for name in SHOP {
-        services.push(system.start_service(name, name, &[]).await);
-    }
-    system.start_gateway().await;
-    system.wait_until_routable().await;
 
     let order_id = order_a_teapot(&system).await;
     topology_after_order(&system).await;

@@ -16,18 +16,11 @@ const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
 /// The gateway and the four services, configured with one auth secret.
 async fn distributed() -> (System, Vec<ServiceInstance>) {
-    let mut system = System::builder()
+    System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
-        .start()
-        .await;
-    let mut services = Vec::new();
-    for name in ["products", "users", "orders", "notifications"] {
-        services.push(system.start_service(name, name, &[]).await);
-    }
-    system.start_gateway().await;
-    system.wait_until_routable().await;
-    (system, services)
+        .with_shop()
+        .await
 }
 
 /// Registers and logs in a customer; returns their id and bearer token.

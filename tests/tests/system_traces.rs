@@ -20,19 +20,12 @@ const RUST_LOG: &str = "info,microcore=debug";
 
 /// The gateway and the four services.
 async fn distributed() -> (System, Vec<ServiceInstance>) {
-    let mut system = System::builder()
+    System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
         .service_env("RUST_LOG", RUST_LOG)
-        .start()
-        .await;
-    let mut services = Vec::new();
-    for name in ["products", "users", "orders", "notifications"] {
-        services.push(system.start_service(name, name, &[]).await);
-    }
-    system.start_gateway().await;
-    system.wait_until_routable().await;
-    (system, services)
+        .with_shop()
+        .await
 }
 
 async fn embedded() -> Embedded {

@@ -48,13 +48,7 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
     for (name, value) in collector.env() {
         builder = builder.gateway_env(name, &value).service_env(name, &value);
     }
-    let mut system = builder.start().await;
-    let mut services = Vec::new();
-    for name in ["products", "users", "orders", "notifications"] {
-        services.push(system.start_service(name, name, &[]).await);
-    }
-    system.start_gateway().await;
-    system.wait_until_routable().await;
+    let (system, mut services) = builder.with_shop().await;
 
     let http = system.http();
     let token = http.sign_up("ada@example.com", "correct horse").await.token;

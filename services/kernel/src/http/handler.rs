@@ -37,12 +37,11 @@ pub(crate) struct RouteMetrics {
 
 impl RouteMetrics {
     pub fn new(meter: &Meter, route: &Route) -> Self {
-        let duration = meter
-            .f64_histogram("microcore.handler.duration")
-            .with_description("Time the service took to answer a request routed to a plugin")
-            .with_unit("s")
-            .with_boundaries(crate::telemetry::metrics::DURATION_BUCKETS.to_vec())
-            .build();
+        let duration = crate::telemetry::metrics::duration_histogram(
+            meter,
+            "microcore.handler.duration",
+            "Time the service took to answer a request routed to a plugin",
+        );
         let attributes = [
             KeyValue::new(
                 "http.request.method",

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -36,6 +36,21 @@ use crate::transport::Transport;
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// A histogram of durations in seconds over [`DURATION_BUCKETS`]: the
+/// shape of every request and handler duration.
+pub fn duration_histogram(
+    meter: &Meter,
+    name: &'static str,
+    description: &'static str,
+) -> Histogram<f64> {
+    meter
+        .f64_histogram(name)
+        .with_description(description)
+        .with_unit("s")
+        .with_boundaries(DURATION_BUCKETS.to_vec())
+        .build()
+}
 
 /// The content type of [`Metrics::prometheus_text`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -167,13 +182,7 @@ fn otlp_reader() -> Result<
     Option<PeriodicReader<opentelemetry_otlp::MetricExporter>>,
     opentelemetry_otlp::ExporterBuildError,
 > {
-    let configured = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    ]
-    .iter()
-    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
-    if !configured {
+    if !super::otlp_configured("METRICS") {
         return Ok(None);
     }
     let exporter = opentelemetry_otlp::MetricExporter::builder()
@@ -199,12 +208,8 @@ mod tests {
     fn each_instance_reads_only_its_own_instruments() {
         let products = metrics("products", "p1");
         let users = metrics("users", "u1");
-        let requests = products
-            .meter()
-            .f64_histogram("microcore.handler.duration")
-            .with_unit("s")
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build();
+        let requests =
+            duration_histogram(products.meter(), "microcore.handler.duration", "handlers");
         requests.record(0.02, &[KeyValue::new("http.route", "/products/{id}")]);
 
         let text = products.prometheus_text().unwrap();

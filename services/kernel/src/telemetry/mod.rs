@@ -169,17 +169,22 @@ pub fn init(service: &str) -> Telemetry {
     }
 }
 
+/// Whether OTLP export of `signal` (`TRACES`, `METRICS`) is configured:
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` or the signal's own endpoint is set.
+fn otlp_configured(signal: &str) -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
+}
+
 /// The exporting provider when an OTLP endpoint is configured.
 fn tracer_provider(
     service: &str,
 ) -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
-    let configured = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
-    if !configured {
+    if !otlp_configured("TRACES") {
         return Ok(None);
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()

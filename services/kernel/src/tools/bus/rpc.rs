@@ -209,12 +209,11 @@ pub(crate) struct ResponderMetrics {
 
 impl ResponderMetrics {
     pub fn new(meter: &Meter, responder: &Responder) -> Self {
-        let duration = meter
-            .f64_histogram("rpc.server.call.duration")
-            .with_description("Time a request-reply handler took to answer")
-            .with_unit("s")
-            .with_boundaries(crate::telemetry::metrics::DURATION_BUCKETS.to_vec())
-            .build();
+        let duration = crate::telemetry::metrics::duration_histogram(
+            meter,
+            "rpc.server.call.duration",
+            "Time a request-reply handler took to answer",
+        );
         let attributes = [
             KeyValue::new("rpc.system.name", "nats"),
             KeyValue::new("rpc.method", Arc::<str>::from(responder.name.as_str())),
