@@ -61,18 +61,19 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     };
 
     // The server span of the trace; the service's handler continues it.
-    let span = tracing::info_span!(
-        "http request",
-        otel.name = %format_args!("{} {}", parts.method, target.route),
-        otel.kind = "server",
-        http.request.method = %parts.method,
-        http.route = %target.route,
-        url.path = %path,
-        http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    microcore::telemetry::continue_trace(&span, &parts.headers);
+    let span = microcore::telemetry::continue_trace(&parts.headers, || {
+        tracing::info_span!(
+            "http request",
+            otel.name = %format_args!("{} {}", parts.method, target.route),
+            otel.kind = "server",
+            http.request.method = %parts.method,
+            http.route = %target.route,
+            url.path = %path,
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    });
     let mut response = relay(&proxy, &parts, body, target, params)
         .instrument(span.clone())
         .await;

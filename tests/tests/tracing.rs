@@ -84,7 +84,10 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
             let consumed = |service: &str, name: &str| {
                 trace.iter().any(|s| s.service == service && s.name == name)
             };
-            (consumed("notifications", "process order.placed")
+            // The last span of each process; each exports in the order
+            // its spans end, so the others are in by then.
+            (consumed("gateway", "POST /orders")
+                && consumed("notifications", "process order.placed")
                 && consumed("products", "process order.placed")
                 && consumed("orders", "process stock.reserved"))
             .then_some(trace)
@@ -203,5 +206,107 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
         request["span_id"].as_str().map(str::len),
         Some(16),
         "{line}"
+    );
+}
+
+/// The first span called `name` with `field` = `value` in the span lists
+/// of the JSON log lines of `process`.
+async fn logged_span(
+    system: &System,
+    process: &mut microcore_e2e::ServiceProcess,
+    (name, field, value): (&str, &str, &str),
+) -> serde_json::Value {
+    let log = process.log_path().to_owned();
+    system
+        .wait_for("the log line", Duration::from_secs(10), || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|l| l["spans"].as_array().cloned())
+                    .flatten()
+                    .find(|span| span["name"] == name && span[field] == value)
+            }
+        })
+        .await
+}
+
+#[tokio::test]
+async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
+    let collector = Collector::start().await;
+    let mut builder = System::builder()
+        .gateway_env("MC_AUTH_SECRET", SECRET)
+        .service_env("MC_AUTH_SECRET", SECRET)
+        // Statements are logged inside the spans that run them.
+        .service_env("RUST_LOG", "info,sqlx::query=debug");
+    // The default sampler: each process follows the sampling of its parent.
+    for (name, value) in collector.env() {
+        builder = builder.gateway_env(name, &value).service_env(name, &value);
+    }
+    let (system, mut services) = builder.with_shop().await;
+    let http = system.http();
+    let token = http.sign_up("lin@example.com", "correct horse").await.token;
+    let urn = http
+        .post_json(
+            "/products",
+            &json!({"name": "Urn", "price": 40.0, "stock": 5}),
+        )
+        .await
+        .expect_success(StatusCode::CREATED)["id"]
+        .clone();
+    let order = |trace_id: &str, flags: &str| {
+        http.request(Method::POST, "/orders")
+            .bearer_auth(&token)
+            .header(
+                "traceparent",
+                format!("00-{trace_id}-b7ad6b7169203331-{flags}"),
+            )
+            .json(&json!({"lines": [{"product_id": urn, "quantity": 1}]}))
+    };
+
+    // The client does not sample this one: no process records it, yet its
+    // id goes through the gateway, the orders handler, the outbox and the
+    // event to the catalogue, whose statements are logged under it.
+    let unsampled = "5c1e9b4a74b5f1cebff7f5f775922427";
+    http.send(order(unsampled, "00"))
+        .await
+        .expect_success(StatusCode::CREATED);
+    let consumer = ("process", "messaging.destination.name", "order.placed");
+    let processed = logged_span(&system, services[0].process(), consumer).await;
+    assert_eq!(processed["trace_id"], unsampled, "{processed}");
+
+    // A sampled order after it: once its last span has arrived, any span
+    // the first one had produced would have arrived before.
+    let sampled = "f9c32d7f0a29c4224274e6b7294b5c1e";
+    http.send(order(sampled, "01"))
+        .await
+        .expect_success(StatusCode::CREATED);
+    system
+        .wait_for(
+            "the sampled order's spans",
+            Duration::from_secs(20),
+            || async {
+                collector
+                    .spans()
+                    .iter()
+                    .any(|s| {
+                        s.trace_id == sampled
+                            && s.service == "orders"
+                            && s.name == "process stock.reserved"
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    let recorded: Vec<(String, String)> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == unsampled)
+        .map(|s| (s.service, s.name))
+        .collect();
+    assert!(
+        recorded.is_empty(),
+        "spans of an unsampled trace: {recorded:?}"
     );
 }

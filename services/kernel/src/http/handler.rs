@@ -116,20 +116,21 @@ async fn answer(route: &Route, request: &Message) -> Message {
     };
     let ctx = Context::new(request_id.clone(), user, client_headers(headers));
 
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{} {}", route.method, route.path),
-        otel.kind = "server",
-        plugin = %route.plugin,
-        request_id = %request_id,
-        route = %format_args!("{} {}", route.method, route.path),
-        http.request.method = %route.method,
-        http.route = %route.path,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
     // The gateway's span is the parent: one trace from the client on.
-    crate::telemetry::continue_trace(&span, headers);
+    let span = crate::telemetry::continue_trace(headers, || {
+        tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{} {}", route.method, route.path),
+            otel.kind = "server",
+            plugin = %route.plugin,
+            request_id = %request_id,
+            route = %format_args!("{} {}", route.method, route.path),
+            http.request.method = %route.method,
+            http.route = %route.path,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    });
     let future = match (route.handler)(&data, ctx.clone()) {
         Ok(future) => future,
         Err(invalid) => {

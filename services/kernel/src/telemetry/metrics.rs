@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -185,9 +186,11 @@ fn otlp_reader() -> Result<
     if !super::otlp_configured("METRICS") {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_http()
-        .build()?;
+    let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_http();
+    if let Some(protocol) = super::otlp_default_protocol("METRICS") {
+        exporter = exporter.with_protocol(protocol);
+    }
+    let exporter = exporter.build()?;
     Ok(Some(PeriodicReader::builder(exporter).build()))
 }
 

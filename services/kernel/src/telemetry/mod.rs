@@ -18,7 +18,9 @@
 //!   The W3C trace context rides in the headers of every message
 //!   ([`inject`], [`continue_trace`]), so one trace follows a request
 //!   through every service it touches, its SQL statements included (see
-//!   [`sql`]).
+//!   [`sql`]). Whether a trace is sampled is decided where it enters a
+//!   process, before any of its spans is built: an unsampled request costs
+//!   next to nothing anywhere (see [`sampling`]).
 //! - **Metrics** are the instance's own: the gateway serves them as
 //!   Prometheus text and they go to the OTLP collector when one is
 //!   configured (see [`metrics`]). The statements of a service count in
@@ -26,6 +28,7 @@
 
 mod log_stream;
 pub mod metrics;
+mod sampling;
 mod sql;
 
 pub use metrics::{InstanceIdentity, Metrics, MetricsError};
@@ -35,7 +38,8 @@ use std::io::IsTerminal;
 
 use http::HeaderMap;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -97,10 +101,8 @@ pub fn init(service: &str) -> Telemetry {
         Ok(format) => (format, None),
         Err(unknown) => (LogFormat::Pretty, Some(unknown)),
     };
-    // One filter per layer that writes logs: the log lines and the
-    // records forwarded to the bus pass the same `RUST_LOG`.
     let log_filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -123,15 +125,16 @@ pub fn init(service: &str) -> Telemetry {
     // every poll of an instrumented future: no busy/idle timings, no
     // thread or source location, and no OpenTelemetry context made current
     // on entry (trace context is read from the span itself, see
-    // `inject`).
+    // `inject`); and only sampled traces reach the layer (see `sampling`).
     let traces = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
+        let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("microcore"))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_context_activation(false)
-            .with_filter(LevelFilter::INFO)
+            .with_target(false)
+            .with_context_activation(false);
+        sampling::Recorded::new(layer)
     });
     // sqlx logs each statement at debug level; only this layer asks for
     // it: every statement is measured, and while spans are exported it
@@ -142,17 +145,26 @@ pub fn init(service: &str) -> Telemetry {
         tracer_provider
             .as_ref()
             .map(|provider| provider.tracer("microcore.sql")),
-    )
-    .with_filter(filter_fn(|metadata| {
-        metadata.target() == sql::TARGET
-            || (metadata.is_span() && *metadata.level() <= tracing::Level::INFO)
-    }));
+    );
+    // Every layer under a filter of its own looks the span up each time a
+    // span is entered or left, so layers that want the same records share
+    // one filter: the log lines and the records forwarded to the bus pass
+    // `RUST_LOG`; traces and statements take spans and events at `INFO`
+    // and above, and sqlx's statements.
     let forwarding = log_stream::Forwarding::new(service);
+    let logs = logs
+        .and_then(log_stream::LogForwarding::new(forwarding.clone()))
+        .with_filter(log_filter);
+    let spans = sql_statements.and_then(traces).with_filter(
+        filter_fn(|metadata| {
+            *metadata.level() <= tracing::Level::INFO
+                || (metadata.target() == sql::TARGET && *metadata.level() <= tracing::Level::DEBUG)
+        })
+        .with_max_level_hint(LevelFilter::DEBUG),
+    );
     let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(log_filter()))
-        .with(log_stream::LogForwarding::new(forwarding.clone()).with_filter(log_filter()))
-        .with(traces)
-        .with(sql_statements)
+        .with(logs)
+        .with(spans)
         .try_init()
         .is_ok();
     if installed {
@@ -180,6 +192,20 @@ fn otlp_configured(signal: &str) -> bool {
     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
 }
 
+/// The OTLP protocol to set when the environment names none for `signal`:
+/// `http/protobuf`, the specification's default (with both HTTP encodings
+/// built in, the exporter would pick JSON). `None`: the exporter follows
+/// the environment.
+fn otlp_default_protocol(signal: &str) -> Option<opentelemetry_otlp::Protocol> {
+    let named = [
+        "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    (!named).then_some(opentelemetry_otlp::Protocol::HttpBinary)
+}
+
 /// The exporting provider when an OTLP endpoint is configured.
 fn tracer_provider(
     service: &str,
@@ -187,46 +213,104 @@ fn tracer_provider(
     if !otlp_configured("TRACES") {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()?;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(protocol) = otlp_default_protocol("TRACES") {
+        exporter = exporter.with_protocol(protocol);
+    }
+    let exporter = exporter.build()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(service.to_owned());
     }
+    // `OTEL_TRACES_SAMPLER`, read by the SDK's default configuration, both
+    // for the SDK and for the decisions taken before spans are built.
+    let sampler = opentelemetry_sdk::trace::Config::default().sampler;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
+        .with_sampler(sampler.clone())
+        .with_id_generator(sampling::DecidedIds::default())
         .build();
+    sampling::install(sampler);
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(Some(provider))
 }
 
 /// Writes the trace context of `span` into `headers` (`traceparent`,
-/// `tracestate`), replacing any there.
+/// `tracestate`), replacing any there; for a span of an unsampled trace,
+/// the context it carries on.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = span.context();
+    let context = match sampling::carried_context(span) {
+        Some(carried) => opentelemetry::Context::new().with_remote_span_context(carried),
+        None => span.context(),
+    };
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderInjector(headers));
+        propagator.inject_context(&context, &mut TraceHeaders(headers));
     });
 }
 
-/// Makes the trace context `headers` carry the parent of `span` (nothing
-/// when they carry none), and records the span's `trace_id` and `span_id`
-/// fields, where it declares them, so its log lines name their trace.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    });
-    // Only fails when tracing is not installed: nothing to continue then.
-    if span.set_parent(parent).is_err() {
-        return;
+/// The headers a propagator writes into. Unlike `HeaderInjector`, it
+/// leaves out an empty value: the W3C propagator writes `tracestate` even
+/// when there is none, one more header to carry on every message.
+struct TraceHeaders<'a>(&'a mut HeaderMap);
+
+impl opentelemetry::propagation::Injector for TraceHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
+        let name = match key {
+            "traceparent" => http::HeaderName::from_static("traceparent"),
+            _ => match http::HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            self.0.insert(name, value);
+        }
     }
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", ids.trace_id().to_string());
-        span.record("span_id", ids.span_id().to_string());
+}
+
+/// Creates, with `make_span`, the span of handling a message whose
+/// `headers` carry (or not) a trace context: the span continues that trace
+/// or starts one, and is recorded only when the sampler says so, decided
+/// before the span is built. Records the span's `trace_id` and `span_id`
+/// fields, where it declares them, so that its log lines name their trace
+/// (an unsampled one has a trace id but no span id).
+pub fn continue_trace(
+    headers: &HeaderMap,
+    make_span: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    let extract = || {
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        })
+    };
+    match sampling::decide(extract) {
+        sampling::Decision::Off => make_span(),
+        sampling::Decision::Skip(carried) => {
+            let trace_id = carried.trace_id();
+            let span = sampling::entry(Some(carried), make_span);
+            // Formatted only by a layer that shows it.
+            span.record("trace_id", tracing::field::display(trace_id));
+            span
+        }
+        sampling::Decision::Record { parent, new_trace } => {
+            let span = sampling::entry(None, make_span);
+            if let Some(parent) = parent {
+                // Cannot fail: the span has not started yet.
+                let _ = span.set_parent(parent);
+            }
+            // Started now, so that a new trace gets the id it was decided with.
+            let context = sampling::with_trace_id(new_trace, || span.context());
+            let ids = context.span().span_context().clone();
+            if ids.is_valid() {
+                span.record("trace_id", tracing::field::display(ids.trace_id()));
+                span.record("span_id", tracing::field::display(ids.span_id()));
+            }
+            span
+        }
     }
 }
 
@@ -254,7 +338,13 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         let mut out = HeaderMap::new();
-        propagator.inject_context(&context, &mut HeaderInjector(&mut out));
+        propagator.inject_context(&context, &mut TraceHeaders(&mut out));
         assert_eq!(out["traceparent"], headers["traceparent"]);
+        assert!(!out.contains_key("tracestate"), "no empty tracestate");
+
+        headers.insert("tracestate", "vendor=opaque".parse().unwrap());
+        let context = propagator.extract(&HeaderExtractor(&headers));
+        propagator.inject_context(&context, &mut TraceHeaders(&mut out));
+        assert_eq!(out["tracestate"], "vendor=opaque");
     }
 }

@@ -119,7 +119,9 @@ impl SqlSpans {
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        self.tracer.as_ref()?;
+        if self.tracer.is_none() || super::sampling::is_unrecorded(span) {
+            return None;
+        }
         let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade)?;
         let parent = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
         // An unsampled trace records nothing: spare the string work.

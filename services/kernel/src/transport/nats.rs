@@ -344,10 +344,17 @@ fn incoming(
     Incoming::new(request, responder)
 }
 
+/// Name by name, so that a single value (nearly every header) costs one
+/// insertion rather than a lookup and an insertion.
 pub(super) fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
-    for (name, value) in headers {
-        if let Ok(value) = value.to_str() {
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        let Some(first) = values.next() else {
+            continue;
+        };
+        out.insert(name.as_str(), first);
+        for value in values {
             out.append(name.as_str(), value);
         }
     }

@@ -40,6 +40,7 @@ use microcore_e2e::{ServiceProcess, free_port, wait};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::cpu::Watched;
 use crate::{Measurement, Options, create, get_by_id, print_header, print_row};
 
 /// Warnings, like every process of the benchmark, and the binary's own
@@ -294,10 +295,17 @@ pub async fn measure(
     eprintln!("seeding the embedded catalogue with {seeded} products through POST /products…");
     let ids = Arc::new(seed(client, &running.base, seeded).await?);
 
+    let watched = [Watched::new("microcore", running.process.pid())];
     eprintln!("measuring {GET_SCENARIO}…");
-    let get_load = crate::measure(client, options, get_by_id(running.base.clone(), ids)).await;
+    let get_load = crate::measure(
+        client,
+        options,
+        get_by_id(running.base.clone(), ids),
+        &watched,
+    )
+    .await;
     eprintln!("measuring {CREATE_SCENARIO}…");
-    let create_load = crate::measure(client, options, create(running.base.clone())).await;
+    let create_load = crate::measure(client, options, create(running.base.clone()), &watched).await;
     let after_load = Memory::of(running.process.pid())?;
     // Dropping the process kills it, before its data directory goes.
     drop(running);

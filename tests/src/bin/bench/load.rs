@@ -1,6 +1,7 @@
 //! Driving HTTP load: `concurrency` workers, each on its own keep-alive
 //! connection, send requests back to back for a while; a [`Measurement`]
-//! keeps every success's latency so any quantile can be read.
+//! keeps every success's latency so any quantile can be read, and what
+//! the requests cost the processes serving them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::Options;
+use crate::cpu::{CpuPerRequest, CpuReading, Watched};
 
 /// No scenario sends more than this, however fast it runs.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -21,9 +23,50 @@ pub(crate) struct Measurement {
     pub elapsed: Duration,
     /// Microseconds, sorted.
     pub latencies: Vec<u32>,
+    /// CPU time per answered request of each watched process.
+    pub cpu: Vec<CpuPerRequest>,
 }
 
 impl Measurement {
+    /// Nothing measured yet, to [`absorb`](Self::absorb) slices into.
+    pub fn empty() -> Self {
+        Self {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+            cpu: Vec::new(),
+        }
+    }
+
+    /// Adds the requests, time, latencies and CPU time of `slice`, another
+    /// measurement of the same scenario.
+    pub fn absorb(&mut self, slice: Measurement) {
+        let cpu_total = |m: &Measurement, name: &str| {
+            m.cpu
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(Duration::ZERO, |c| {
+                    c.per_request * u32::try_from(m.ok).unwrap_or(u32::MAX)
+                })
+        };
+        let requests = u32::try_from((self.ok + slice.ok).max(1)).unwrap_or(u32::MAX);
+        let names: Vec<&'static str> = slice.cpu.iter().map(|c| c.name).collect();
+        let cpu = names
+            .into_iter()
+            .map(|name| CpuPerRequest {
+                name,
+                per_request: (cpu_total(self, name) + cpu_total(&slice, name)) / requests,
+            })
+            .collect();
+        self.ok += slice.ok;
+        self.errors += slice.errors;
+        self.elapsed += slice.elapsed;
+        self.latencies.extend(slice.latencies);
+        self.latencies.sort_unstable();
+        self.cpu = cpu;
+    }
+
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -98,6 +141,7 @@ pub(crate) async fn drive(
         errors,
         elapsed,
         latencies,
+        cpu: Vec::new(),
     }
 }
 
@@ -119,13 +163,42 @@ pub(crate) fn create(base: String) -> MakeRequest {
 }
 
 /// Warms the path up (connections, caches, JIT-free but not page-cache
-/// free), then measures it.
+/// free), then measures it, and the CPU time the `watched` processes
+/// spend on the measured requests.
 pub(crate) async fn measure(
     client: &reqwest::Client,
     options: &Options,
     make: MakeRequest,
+    watched: &[Watched],
 ) -> Measurement {
+    warm_up(client, options, &make).await;
+    measure_for(
+        client,
+        options.concurrency,
+        options.duration,
+        &make,
+        watched,
+    )
+    .await
+}
+
+/// Drives `make` for a fifth of the measured time, between 0.5 and 2 s.
+pub(crate) async fn warm_up(client: &reqwest::Client, options: &Options, make: &MakeRequest) {
     let warm_up = (options.duration / 5).clamp(Duration::from_millis(500), Duration::from_secs(2));
-    drive(client, &make, options.concurrency, warm_up).await;
-    drive(client, &make, options.concurrency, options.duration).await
+    drive(client, make, options.concurrency, warm_up).await;
+}
+
+/// Drives `make` for `duration` and measures it, with the CPU time the
+/// `watched` processes spend.
+pub(crate) async fn measure_for(
+    client: &reqwest::Client,
+    concurrency: usize,
+    duration: Duration,
+    make: &MakeRequest,
+    watched: &[Watched],
+) -> Measurement {
+    let before = CpuReading::now(watched);
+    let mut measurement = drive(client, make, concurrency, duration).await;
+    measurement.cpu = before.per_request_since(measurement.ok);
+    measurement
 }

@@ -55,6 +55,7 @@
 //! whose difference is the noise; see [`tracing`].
 
 mod baselines;
+mod cpu;
 mod embedded;
 mod events;
 mod load;
@@ -74,6 +75,7 @@ use crate::baselines::{
     Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, hop, serve,
     start_responder,
 };
+use crate::cpu::Watched;
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
 use crate::load::{MakeRequest, Measurement, create, get_by_id, measure};
 
@@ -200,7 +202,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .start()
         .await;
     system.start_gateway().await;
-    let products = system.start_products().await;
+    let mut products = system.start_products().await;
     system.wait_until_routable().await;
     let echo = start_bench_service(&system, "bench-echo", "/bench/ping").await;
     // The sink has no tables, but every service connects at boot.
@@ -241,40 +243,67 @@ async fn run(options: Options) -> anyhow::Result<()> {
         Arc::new(move |client: &reqwest::Client, _| client.get(url.clone()))
     };
 
+    // What each scenario costs the processes beside the load generator
+    // (the in-process baselines run inside it, so only NATS is watched
+    // for them).
+    let nats = Watched::new("nats", system.nats().process().pid());
+    let gateway_pid = Watched::new("gateway", system.gateway().process().pid());
+    let through_products = [
+        gateway_pid,
+        Watched::new("products", products.process().pid()),
+        nats,
+    ];
+    let through_echo: Vec<Watched> = echo
+        .iter()
+        .map(|echo| Watched::new("bench-echo", echo.pid()))
+        .chain([gateway_pid, nats])
+        .collect();
+    let only_nats = [nats];
+
     let mut rows: Vec<(&str, Option<Measurement>)> = Vec::new();
-    let scenarios: Vec<(&str, Option<MakeRequest>)> = vec![
+    let scenarios: Vec<(&str, Option<MakeRequest>, &[Watched])> = vec![
         (
             "(a) gateway GET /products/{id}",
             Some(get_by_id(gateway.clone(), ids.clone())),
+            &through_products,
         ),
-        ("(b) gateway POST /products", Some(create(gateway.clone()))),
+        (
+            "(b) gateway POST /products",
+            Some(create(gateway.clone())),
+            &through_products,
+        ),
         (
             "(c) direct GET /products/{id}",
             Some(get_by_id(format!("http://{direct}"), ids.clone())),
+            &[],
         ),
         (
             "(c) direct POST /products (the same transaction, publish, delete)",
             Some(create(format!("http://{direct}"))),
+            &only_nats,
         ),
         (
             "(c') direct POST, no outbox (INSERT, then publish)",
             Some(create(format!("http://{direct}/unstaged"))),
+            &only_nats,
         ),
         (
             "(d) bare NATS hop GET /hop",
             Some(fixed(format!("http://{hop_address}/hop"))),
+            &only_nats,
         ),
         (
             "(e) gateway GET /bench/ping",
             echo.as_ref()
                 .map(|_| fixed(format!("{gateway}/bench/ping"))),
+            &through_echo,
         ),
     ];
-    for (name, make) in scenarios {
+    for (name, make, watched) in scenarios {
         let measurement = match make {
             Some(make) => {
                 eprintln!("measuring {name}…");
-                Some(measure(&client, &options, make).await)
+                Some(measure(&client, &options, make, watched).await)
             }
             None => None,
         };
@@ -331,7 +360,7 @@ fn find<'a>(rows: &'a [(&str, Option<Measurement>)], prefix: &str) -> Option<&'a
 /// The header of a table of [`print_row`] rows.
 fn print_header(width: usize) {
     println!(
-        "{:<width$} {:>10} {:>8} {:>11} {:>9} {:>9}",
+        "{:<width$} {:>10} {:>8} {:>11} {:>9} {:>9}  CPU µs per request",
         "scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms"
     );
 }
@@ -339,12 +368,13 @@ fn print_header(width: usize) {
 /// One scenario's line in an HTTP table.
 fn print_row(name: &str, width: usize, m: &Measurement) {
     println!(
-        "{name:<width$} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}",
+        "{name:<width$} {:>10} {:>8} {:>11.0} {:>9.2} {:>9.2}  {}",
         m.ok,
         m.errors,
         m.per_second(),
         m.quantile_ms(0.50),
-        m.quantile_ms(0.99)
+        m.quantile_ms(0.99),
+        cpu::describe(&m.cpu)
     );
 }
 

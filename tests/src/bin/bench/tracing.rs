@@ -1,29 +1,35 @@
 //! (j): what tracing costs, with `--tracing`.
 //!
 //! The gateway and the services export OpenTelemetry spans over OTLP/HTTP
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, sampled as
-//! `OTEL_TRACES_SAMPLER` says. Turning that on must not cost much: at 10%
-//! sampling less than 5% of the throughput, at 100% less than 15%. So in
-//! turn, for each of
+//! when an OTLP endpoint is set, sampled as `OTEL_TRACES_SAMPLER` says.
+//! Turning that on must not cost much: at 10% sampling less than 5% of the
+//! throughput, at 100% less than 15%. The benchmark runs one distributed
+//! system (NATS, a database, the gateway and the products service, the
+//! processes of (a) and (b)) per configuration:
 //!
 //! - off: no endpoint, so no span is built for export at all;
+//! - on, 0%: `always_off`, what carrying the trace context of unsampled
+//!   requests costs (nine in ten at 10%);
 //! - on, 100%: `always_on`;
 //! - on, 10%: `parentbased_traceidratio` at `0.1`, which the gateway
 //!   decides at the root (the load sends no `traceparent`) and the
 //!   products service follows;
 //! - off again,
 //!
-//! the benchmark starts a fresh distributed system (NATS, a database, the
-//! gateway and the products service, the processes of (a) and (b)),
-//! seeds it and measures (a) `GET /products/{id}` and (b) `POST
-//! /products` through the gateway, then reports each configuration's
-//! throughput against "off". Fresh systems, so that no configuration
-//! inherits another's table or stream; "off" measured here too rather
-//! than taken from (a) and (b), so that all of them run in the same
-//! conditions. And "off" twice, first and last: the targets are a few
-//! percent, less than what a shared machine drifts by over a minute, so
-//! the baseline is the mean of both, and how far they are apart is
-//! printed as the noise the other ratios are to be read against.
+//! all of them started and seeded first, then measures (a) `GET
+//! /products/{id}` and (b) `POST /products` through each gateway, and
+//! reports each configuration's throughput against "off". One system per
+//! configuration, so that none inherits another's table or stream. The
+//! targets are a few percent, less than what a shared machine drifts by
+//! over a minute, so each configuration's measured time is cut into
+//! rounds taken in turn across the systems, and drift weighs on all of
+//! them alike; "off" runs twice, the baseline is the mean of both, and how
+//! far they are apart is printed as the noise the other ratios are to be
+//! read against.
+//!
+//! "On" sets `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, the traces signal
+//! alone: the general `OTEL_EXPORTER_OTLP_ENDPOINT` would push metrics over
+//! OTLP too, a cost of its own that is not tracing's.
 //!
 //! Spans go to an OTLP receiver inside the benchmark ([`Collector`]), in
 //! the default protocol, `http/protobuf`, with the SDK's default batching
@@ -40,9 +46,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use microcore_e2e::otlp::Collector;
-use microcore_e2e::{System, wait};
+use microcore_e2e::{ServiceInstance, System, wait};
 use sqlx::postgres::PgPoolOptions;
 
+use crate::cpu::{self, Watched};
+use crate::load::{MakeRequest, measure_for, warm_up};
 use crate::{Measurement, Options, create, get_by_id, seed};
 
 /// The protocol spans are exported in: the exporter's default, named.
@@ -58,29 +66,41 @@ struct Configuration {
     /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`; `None`: no
     /// export at all.
     sampler: Option<(&'static str, Option<&'static str>)>,
+    /// Whether the receiver is to get spans.
+    exports: bool,
     /// The most throughput it may lose against "off", for its target.
     target_loss: Option<f64>,
 }
 
-const CONFIGURATIONS: [Configuration; 4] = [
+const CONFIGURATIONS: [Configuration; 5] = [
     Configuration {
         label: "off (no OTLP endpoint)",
         sampler: None,
+        exports: false,
+        target_loss: None,
+    },
+    Configuration {
+        label: "on, 0% (always_off)",
+        sampler: Some(("always_off", None)),
+        exports: false,
         target_loss: None,
     },
     Configuration {
         label: "on, 100% (always_on)",
         sampler: Some(("always_on", None)),
+        exports: true,
         target_loss: Some(TARGET_LOSS_AT_100_PERCENT),
     },
     Configuration {
         label: "on, 10% (parentbased_traceidratio 0.1)",
         sampler: Some(("parentbased_traceidratio", Some("0.1"))),
+        exports: true,
         target_loss: Some(TARGET_LOSS_AT_10_PERCENT),
     },
     Configuration {
         label: "off again (no OTLP endpoint)",
         sampler: None,
+        exports: false,
         target_loss: None,
     },
 ];
@@ -108,7 +128,10 @@ fn environment(
 ) -> Vec<(&'static str, String)> {
     let mut env = vec![("RUST_LOG", "warn".to_owned())];
     if let Some((sampler, argument)) = configuration.sampler {
-        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()));
+        // Traces only: the general endpoint would push metrics over OTLP
+        // too, which is not what is measured here.
+        let traces = format!("{}/v1/traces", collector.endpoint());
+        env.push(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces));
         env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", PROTOCOL.to_owned()));
         env.push(("OTEL_TRACES_SAMPLER", sampler.to_owned()));
         if let Some(argument) = argument {
@@ -118,13 +141,28 @@ fn environment(
     env
 }
 
-/// Starts a fresh system in `configuration`, seeds it, measures (a) and
-/// (b) through its gateway, and stops it.
-async fn run_one(
+/// The slices each configuration's measured time is cut into, taken in
+/// turn across the configurations.
+const ROUNDS: u32 = 4;
+
+/// The requests of (a) or (b) against one running system.
+type Scenario = fn(&Running) -> MakeRequest;
+
+/// A system running in one configuration.
+struct Running {
     configuration: &'static Configuration,
-    client: &reqwest::Client,
+    collector: Collector,
+    system: System,
+    products: ServiceInstance,
+    ids: Arc<Vec<i64>>,
+    watched: [Watched; 3],
+}
+
+/// Starts a fresh system in `configuration` and seeds it.
+async fn start(
+    configuration: &'static Configuration,
     options: &Options,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<Running> {
     eprintln!(
         "tracing {}: starting NATS, a database, gateway, products…",
         configuration.label
@@ -148,34 +186,70 @@ async fn run_one(
         .context("connecting to the database to seed it")?;
     let ids = Arc::new(seed(&pool, options.seed).await?);
     pool.close().await;
-
-    let gateway = system.http().base().to_owned();
-    eprintln!(
-        "tracing {}: measuring GET /products/{{id}}…",
-        configuration.label
-    );
-    let get = crate::measure(client, options, get_by_id(gateway.clone(), ids)).await;
-    eprintln!("tracing {}: measuring POST /products…", configuration.label);
-    let create = crate::measure(client, options, create(gateway)).await;
-
-    // A graceful stop flushes each exporter's last batch; once both have
-    // exited, every span they kept has been answered by the receiver.
-    system.gateway().process().terminate(wait::SHUTDOWN).await;
-    products.terminate().await;
-    Ok(Run {
+    let watched = [
+        Watched::new("gateway", system.gateway().process().pid()),
+        Watched::new("products", products.process().pid()),
+        Watched::new("nats", system.nats().process().pid()),
+    ];
+    Ok(Running {
         configuration,
-        get,
-        create,
-        spans: collector.span_count(),
-        export_requests: collector.export_requests(),
+        collector,
+        system,
+        products,
+        ids,
+        watched,
     })
 }
 
-/// Measures every configuration in turn, each on its own system.
+/// Measures (a) and then (b) on every system: a warm-up each, then
+/// [`ROUNDS`] slices of the measured time, one system after the other in
+/// each round, so that whatever drifts on the shared machine weighs on all
+/// configurations alike.
 pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Result<TracingReport> {
-    let mut runs = Vec::new();
+    let mut running = Vec::new();
     for configuration in &CONFIGURATIONS {
-        runs.push(run_one(configuration, client, options).await?);
+        running.push(start(configuration, options).await?);
+    }
+    let slice = options.duration / ROUNDS;
+    let scenarios: [(&str, Scenario); 2] = [
+        ("GET /products/{id}", |r| {
+            get_by_id(r.system.http().base().to_owned(), r.ids.clone())
+        }),
+        ("POST /products", |r| {
+            create(r.system.http().base().to_owned())
+        }),
+    ];
+    let mut measured: Vec<[Measurement; 2]> = running
+        .iter()
+        .map(|_| [Measurement::empty(), Measurement::empty()])
+        .collect();
+    for (scenario, (name, make)) in scenarios.iter().enumerate() {
+        eprintln!("tracing: measuring {name} on every configuration, {ROUNDS} rounds…");
+        let makes: Vec<MakeRequest> = running.iter().map(|r| make(r)).collect();
+        for make in &makes {
+            warm_up(client, options, make).await;
+        }
+        for _ in 0..ROUNDS {
+            for ((r, make), totals) in running.iter().zip(&makes).zip(&mut measured) {
+                let m = measure_for(client, options.concurrency, slice, make, &r.watched).await;
+                totals[scenario].absorb(m);
+            }
+        }
+    }
+
+    let mut runs = Vec::new();
+    for (mut r, [get, create]) in running.into_iter().zip(measured) {
+        // A graceful stop flushes each exporter's last batch; once both
+        // have exited, every span they kept has been answered.
+        r.system.gateway().process().terminate(wait::SHUTDOWN).await;
+        r.products.terminate().await;
+        runs.push(Run {
+            configuration: r.configuration,
+            get,
+            create,
+            spans: r.collector.span_count(),
+            export_requests: r.collector.export_requests(),
+        });
     }
     Ok(TracingReport { runs })
 }
@@ -224,7 +298,8 @@ pub fn print_report(report: &TracingReport) {
         return;
     };
     println!(
-        "tracing overhead (j): a fresh gateway + products per configuration, (a) GET \
+        "tracing overhead (j): a gateway + products per configuration, measured in turn in \
+         {ROUNDS} rounds, (a) GET \
          /products/{{id}} and (b) POST /products through the gateway; spans exported over \
          OTLP/HTTP ({PROTOCOL}, the SDK's default batching) to a receiver in the benchmark that \
          only counts them"
@@ -264,7 +339,25 @@ pub fn print_report(report: &TracingReport) {
             create_ratio,
         );
     }
-    println!("/ off: throughput against the mean of the two runs without tracing, first and last");
+    println!("/ off: throughput against the mean of the two systems without tracing");
+
+    println!();
+    println!(
+        "{:<width$}  {:<40}  {:<40}",
+        "configuration", "GET: CPU µs per request", "POST: CPU µs per request"
+    );
+    for run in &report.runs {
+        println!(
+            "{:<width$}  {:<40}  {:<40}",
+            run.configuration.label,
+            cpu::describe(&run.get.cpu),
+            cpu::describe(&run.create.cpu),
+        );
+    }
+    println!(
+        "CPU: user and system time each process spent in the measured seconds, per answered \
+         request: where the cost of tracing lands"
+    );
 
     println!();
     println!(
@@ -292,7 +385,7 @@ pub fn print_report(report: &TracingReport) {
 
     for run in &report.runs {
         let exported = run.spans > 0;
-        if exported != run.configuration.sampler.is_some() {
+        if exported != run.configuration.exports {
             println!(
                 "WARNING {}: {} spans received, which is not what it is configured for",
                 run.configuration.label, run.spans
@@ -327,7 +420,7 @@ pub fn print_report(report: &TracingReport) {
             (now.per_second() / before.per_second() - 1.0) * 100.0
         };
         println!(
-            "noise: without tracing, the last run against the first: GET {:+.1}%, POST {:+.1}%; \
+            "noise: without tracing, the second system against the first: GET {:+.1}%, POST {:+.1}%; \
              losses within that say little",
             drift(&last.get, &first.get),
             drift(&last.create, &first.create)

@@ -149,19 +149,20 @@ impl Worker {
     /// Handles one delivery in a consumer span, a child of the span that
     /// published the event: the trace goes on across services.
     async fn handle(&self, delivery: Delivery, envelope: EventEnvelope) {
-        let span = tracing::info_span!(
-            "process",
-            otel.name = %format_args!("process {}", envelope.event),
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %envelope.event,
-            messaging.message.id = %envelope.id,
-            messaging.consumer.group.name = %self.subscription.subscriber,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        crate::telemetry::continue_trace(&span, &delivery.message.headers);
+        let span = crate::telemetry::continue_trace(&delivery.message.headers, || {
+            tracing::info_span!(
+                "process",
+                otel.name = %format_args!("process {}", envelope.event),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation.type = "process",
+                messaging.destination.name = %envelope.event,
+                messaging.message.id = %envelope.id,
+                messaging.consumer.group.name = %self.subscription.subscriber,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            )
+        });
         self.settle(delivery, envelope).instrument(span).await;
     }
 

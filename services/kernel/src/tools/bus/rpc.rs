@@ -251,17 +251,18 @@ impl ResponderMetrics {
 /// Answers one request with `responder`, in a server span continuing the
 /// caller's trace, and measures it.
 pub(crate) async fn serve(responder: &Responder, metrics: &ResponderMetrics, incoming: Incoming) {
-    let span = tracing::info_span!(
-        "respond",
-        otel.name = %format_args!("respond {}", responder.name),
-        otel.kind = "server",
-        rpc.system = "nats",
-        rpc.method = %responder.name,
-        plugin = %responder.plugin,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    crate::telemetry::continue_trace(&span, &incoming.message.headers);
+    let span = crate::telemetry::continue_trace(&incoming.message.headers, || {
+        tracing::info_span!(
+            "respond",
+            otel.name = %format_args!("respond {}", responder.name),
+            otel.kind = "server",
+            rpc.system = "nats",
+            rpc.method = %responder.name,
+            plugin = %responder.plugin,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    });
     answer(responder, metrics, incoming).instrument(span).await;
 }
 
