@@ -171,6 +171,23 @@ async fn one_trace_follows_an_order_through_every_service_it_touches() {
 
     // The user's registration is another trace, never this one.
     assert!(trace.iter().all(|s| s.name != "POST /users"));
+    // What the outbox relay does in the background belongs to no request:
+    // it is in no trace.
+    let relayed: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.attributes
+                .get("db.query.text")
+                .and_then(|text| text.as_str())
+                .is_some_and(|text| text.starts_with("DELETE FROM mc_outbox"))
+        })
+        .map(|s| (s.service, s.name, s.trace_id))
+        .collect();
+    assert!(
+        relayed.is_empty(),
+        "the relay's statements traced: {relayed:?}"
+    );
 
     // Log lines name their trace and span.
     let other_trace = "0af7651916cd43dd8448eb211c80319c";

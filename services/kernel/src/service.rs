@@ -126,7 +126,9 @@ impl Service {
         let instance_id = ServiceSpec::new_instance_id();
         // Everything the instance does logs under its name and id, and its
         // SQL statements count in its metrics.
-        let span = tracing::info_span!("service", service = domain.name, instance = %instance_id);
+        let span = telemetry::log_context(
+            || tracing::info_span!("service", service = domain.name, instance = %instance_id),
+        );
         let metrics = Metrics::new(InstanceIdentity {
             service: domain.name,
             instance: &instance_id,

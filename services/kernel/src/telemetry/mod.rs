@@ -272,6 +272,18 @@ impl opentelemetry::propagation::Injector for TraceHeaders<'_> {
     }
 }
 
+/// Creates, with `make_span`, a span that gives log lines their context
+/// (the instance a service runs as) and is no trace: under it, only what
+/// enters through [`continue_trace`] is traced, not the background work of
+/// the instance (its outbox relay's statements, say), which would
+/// otherwise gather in one trace as long as the process.
+pub(crate) fn log_context(make_span: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    sampling::entry(
+        Some(opentelemetry::trace::SpanContext::empty_context()),
+        make_span,
+    )
+}
+
 /// Creates, with `make_span`, the span of handling a message whose
 /// `headers` carry (or not) a trace context: the span continues that trace
 /// or starts one, and is recorded only when the sampler says so, decided
