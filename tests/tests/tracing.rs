@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use microcore_e2e::System;
 use microcore_e2e::otlp::{Collector, Span};
+use microcore_e2e::{HttpClient, ServiceInstance, System};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -38,28 +38,38 @@ fn span<'a>(trace: &'a [Span], service: &str, name: &str) -> &'a Span {
     }
 }
 
-#[tokio::test]
-async fn one_trace_follows_an_order_through_every_service_it_touches() {
-    let collector = Collector::start().await;
+/// The shop, every process exporting to `collector` with the default
+/// sampler (each follows the sampling of its parent), the services logging
+/// as `rust_log` says.
+async fn traced_shop(collector: &Collector, rust_log: &str) -> (System, Vec<ServiceInstance>) {
     let mut builder = System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
-        .service_env("RUST_LOG", "info,microcore=debug");
+        .service_env("RUST_LOG", rust_log);
     for (name, value) in collector.env() {
         builder = builder.gateway_env(name, &value).service_env(name, &value);
     }
-    let (system, mut services) = builder.with_shop().await;
+    builder.with_shop().await
+}
 
+/// Adds a product with `stock` in store; its id.
+async fn new_product(http: &HttpClient, name: &str, stock: i64) -> serde_json::Value {
+    http.post_json(
+        "/products",
+        &json!({"name": name, "price": 12.5, "stock": stock}),
+    )
+    .await
+    .expect_success(StatusCode::CREATED)["id"]
+        .clone()
+}
+
+#[tokio::test]
+async fn one_trace_follows_an_order_through_every_service_it_touches() {
+    let collector = Collector::start().await;
+    let (system, mut services) = traced_shop(&collector, "info,microcore=debug").await;
     let http = system.http();
     let token = http.sign_up("ada@example.com", "correct horse").await.token;
-    let teapot = http
-        .post_json(
-            "/products",
-            &json!({"name": "Teapot", "price": 12.5, "stock": 3}),
-        )
-        .await
-        .expect_success(StatusCode::CREATED)["id"]
-        .clone();
+    let teapot = new_product(http, "Teapot", 3).await;
     // The client starts the trace; every span below belongs to it.
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     http.send(
@@ -252,26 +262,11 @@ async fn logged_span(
 #[tokio::test]
 async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
     let collector = Collector::start().await;
-    let mut builder = System::builder()
-        .gateway_env("MC_AUTH_SECRET", SECRET)
-        .service_env("MC_AUTH_SECRET", SECRET)
-        // Statements are logged inside the spans that run them.
-        .service_env("RUST_LOG", "info,sqlx::query=debug");
-    // The default sampler: each process follows the sampling of its parent.
-    for (name, value) in collector.env() {
-        builder = builder.gateway_env(name, &value).service_env(name, &value);
-    }
-    let (system, mut services) = builder.with_shop().await;
+    // Statements are logged inside the spans that run them.
+    let (system, mut services) = traced_shop(&collector, "info,sqlx::query=debug").await;
     let http = system.http();
     let token = http.sign_up("lin@example.com", "correct horse").await.token;
-    let urn = http
-        .post_json(
-            "/products",
-            &json!({"name": "Urn", "price": 40.0, "stock": 5}),
-        )
-        .await
-        .expect_success(StatusCode::CREATED)["id"]
-        .clone();
+    let urn = new_product(http, "Urn", 5).await;
     let order = |trace_id: &str, flags: &str| {
         http.request(Method::POST, "/orders")
             .bearer_auth(&token)
