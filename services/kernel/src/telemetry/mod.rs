@@ -19,8 +19,8 @@
 //!   ([`inject`], [`continue_trace`]), so one trace follows a request
 //!   through every service it touches, its SQL statements included (see
 //!   [`sql`]). Whether a trace is sampled is decided where it enters a
-//!   process, before any of its spans is built: an unsampled request costs
-//!   next to nothing anywhere (see [`sampling`]).
+//!   process, before any of its spans is built: an unsampled request
+//!   builds none anywhere (see [`sampling`]).
 //! - **Metrics** are the instance's own: the gateway serves them as
 //!   Prometheus text and they go to the OTLP collector when one is
 //!   configured (see [`metrics`]). The statements of a service count in

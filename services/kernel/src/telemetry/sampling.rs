@@ -18,7 +18,7 @@
 //!   ([`Unrecorded`]): the same trace id, flagged unsampled, goes on in the
 //!   headers of every request and event they send
 //!   ([`inject`](super::inject)). The next process then decides the same
-//!   at no cost, and the log lines of one request name one trace id in
+//!   without building a span, and the log lines of one request name one trace id in
 //!   every service.
 //!
 //! The decision reaches the layer through a thread-local that holds it
