@@ -216,6 +216,8 @@ fn only_log_ids(values: &Record<'_>) -> bool {
     !others.0
 }
 
+/// The context `span` carries on, when it is a span of a trace that is
+/// not recorded: what a span created under it inherits.
 fn unrecorded<S>(span: Option<SpanRef<'_, S>>) -> Option<SpanContext>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -268,13 +270,16 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if !only_log_ids(values) && unrecorded(ctx.span(id)).is_none() {
+        if !only_log_ids(values) && !ctx.span(id).is_some_and(|span| is_unrecorded(&span)) {
             self.inner.on_record(id, values, ctx);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        if traced(event.metadata()) && unrecorded(ctx.event_span(event)).is_none() {
+        let in_unrecorded = ctx
+            .event_span(event)
+            .is_some_and(|span| is_unrecorded(&span));
+        if traced(event.metadata()) && !in_unrecorded {
             self.inner.on_event(event, ctx);
         }
     }
