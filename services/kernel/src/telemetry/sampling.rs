@@ -276,10 +276,13 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let in_unrecorded = ctx
+        if !traced(event.metadata()) {
+            return;
+        }
+        if !ctx
             .event_span(event)
-            .is_some_and(|span| is_unrecorded(&span));
-        if traced(event.metadata()) && !in_unrecorded {
+            .is_some_and(|span| is_unrecorded(&span))
+        {
             self.inner.on_event(event, ctx);
         }
     }
