@@ -2,12 +2,13 @@
 //! handlers doing the products service's work by hand, the same SQL on
 //! the same database and the same durable publish on the same NATS,
 //! without gateway or framework; (c') the POST without the outbox; and (d)
-//! a bare axum → NATS request → responder hop.
+//! a bare axum → NATS request → responder hop, in two processes of its own
+//! ([`BareHop`]) and (d') inside this one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,7 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use microcore_e2e::System;
+use microcore_e2e::{ServiceProcess, System, binaries, free_port, wait};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared_schemas::Subjects;
@@ -278,4 +279,47 @@ pub(crate) async fn start_responder(client: async_nats::Client) -> anyhow::Resul
         }
     });
     Ok(())
+}
+
+/// (d): the `bench-hop` binary's two processes, the HTTP server and the
+/// NATS responder, as the gateway and a service would be.
+pub(crate) struct BareHop {
+    pub server: ServiceProcess,
+    pub responder: ServiceProcess,
+    pub address: SocketAddr,
+}
+
+impl BareHop {
+    /// Starts both on the system's NATS and waits until `GET /hop` is
+    /// answered; `None` when the workspace has no `bench-hop` binary.
+    pub(crate) async fn start(
+        system: &System,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(bin) = binaries::try_binary("bench-hop") else {
+            return Ok(None);
+        };
+        let nats = [("NATS_URL", system.nats().url())];
+        let responder = ServiceProcess::spawn_with_args(&bin, ["respond"], nats);
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let server = ServiceProcess::spawn_with_args(&bin, ["serve", &address.to_string()], nats);
+        let url = format!("http://{address}/hop");
+        let answered = wait::poll(wait::BOOT, || async {
+            let reply = client.get(&url).send().await.ok()?;
+            reply.status().is_success().then_some(())
+        })
+        .await;
+        if answered.is_none() {
+            bail!(
+                "the bare hop did not answer GET /hop in time\n{}\n{}",
+                server.log_tail(20),
+                responder.log_tail(20)
+            );
+        }
+        Ok(Some(Self {
+            server,
+            responder,
+            address,
+        }))
+    }
 }

@@ -162,6 +162,32 @@ pub(crate) fn create(base: String) -> MakeRequest {
     })
 }
 
+/// The slices each scenario's measured time is cut into, taken in turn
+/// across the scenarios compared.
+pub(crate) const ROUNDS: u32 = 4;
+
+/// Measures the scenarios of `compared` (the requests, and the processes
+/// whose CPU time to report) for `options.duration` each: a warm-up each,
+/// then [`ROUNDS`] slices, one scenario after the other in each round, so
+/// that whatever drifts on the shared machine weighs on all alike.
+pub(crate) async fn measure_in_rounds(
+    client: &reqwest::Client,
+    options: &Options,
+    compared: &[(MakeRequest, &[Watched])],
+) -> Vec<Measurement> {
+    for (make, _) in compared {
+        warm_up(client, options, make).await;
+    }
+    let slice = options.duration / ROUNDS;
+    let mut totals: Vec<Measurement> = compared.iter().map(|_| Measurement::empty()).collect();
+    for _ in 0..ROUNDS {
+        for ((make, watched), total) in compared.iter().zip(&mut totals) {
+            total.absorb(measure_for(client, options.concurrency, slice, make, watched).await);
+        }
+    }
+    totals
+}
+
 /// Warms the path up (connections, caches, JIT-free but not page-cache
 /// free), then measures it, and the CPU time the `watched` processes
 /// spend on the measured requests.

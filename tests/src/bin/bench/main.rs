@@ -20,8 +20,9 @@
 //!   it, and the outbox row deleted;
 //! - (c') the POST without the outbox: the INSERT on its own, then the
 //!   publish, so nothing ties the event to the row;
-//! - (d) a bare hop: an axum handler inside this process making one NATS
-//!   request to a responder task that answers a static body;
+//! - (d) a bare hop in the topology of (e): an axum handler making one
+//!   NATS request to a responder, each in a process of its own
+//!   (`bench-hop`, no framework), and (d') the same inside this process;
 //! - (e) the gateway in front of `GET /bench/ping` of the `bench-echo`
 //!   service, which does no database work (skipped when the workspace has
 //!   no `bench-echo` binary).
@@ -72,23 +73,28 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::baselines::{
-    Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, hop, serve,
+    BareHop, Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, hop, serve,
     start_responder,
 };
 use crate::cpu::Watched;
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
-use crate::load::{MakeRequest, Measurement, create, get_by_id, measure};
+use crate::load::{
+    MakeRequest, Measurement, ROUNDS, create, get_by_id, measure, measure_in_rounds,
+};
 
 const USAGE: &str = "\
 usage: bench [--duration-secs N] [--concurrency N] [--seed N]
              [--events N] [--publish-concurrency N] [--event-rate N] [--tracing]
+             [--only LETTERS]
   --duration-secs        measured seconds per HTTP scenario and of (g) (default 10)
   --concurrency          requests in flight, one keep-alive connection each (default 64)
   --seed                 products in the catalogue before the run (default 1000)
   --events               events published in (f), at most 10000000 (default 100000)
   --publish-concurrency  publishes in flight in (f), at most 4096 (default 256)
   --event-rate           events per second offered in (g) (default 2000)
-  --tracing              also measure (j), the cost of tracing: off, 100%, 10%, off again";
+  --tracing              also measure (j), the cost of tracing: off, 100%, 10%, off again
+  --only                 the scenarios to measure, by letter: `--only de` for (d) and (e),
+                         `--only j` for tracing alone (default: a to i, and j with --tracing)";
 
 struct Options {
     duration: Duration,
@@ -99,6 +105,18 @@ struct Options {
     event_rate: u64,
     /// Whether to measure (j), the tracing overhead.
     tracing: bool,
+    /// The scenarios `--only` names, by letter.
+    only: Option<String>,
+}
+
+impl Options {
+    /// Whether scenario `letter` (`a` to `j`) is to be measured.
+    fn runs(&self, letter: char) -> bool {
+        match &self.only {
+            Some(only) => only.contains(letter),
+            None => letter != 'j' || self.tracing,
+        }
+    }
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -110,6 +128,7 @@ fn parse_args() -> anyhow::Result<Options> {
         publish_concurrency: 256,
         event_rate: 2000,
         tracing: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -124,6 +143,13 @@ fn parse_args() -> anyhow::Result<Options> {
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--only" {
+            if value.is_empty() || !value.chars().all(|c| ('a'..='j').contains(&c)) {
+                bail!("--only {value}: scenario letters a to j\n{USAGE}");
+            }
+            options.only = Some(value);
+            continue;
+        }
         let number: u64 = value
             .parse()
             .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
@@ -151,6 +177,12 @@ fn parse_args() -> anyhow::Result<Options> {
     }
     Ok(options)
 }
+
+// The framework's binaries allocate with mimalloc; so do the in-process
+// baselines (and the load generator), so that every ratio compares code,
+// not allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -226,6 +258,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
             .with_state(Direct::connect(&system, pool).await?),
     )
     .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let bare_hop = BareHop::start(&system, &client).await?;
     start_responder(system.nats().connect().await).await?;
     let hop_address = serve(
         Router::new()
@@ -234,10 +271,6 @@ async fn run(options: Options) -> anyhow::Result<()> {
     )
     .await?;
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let gateway = system.http().base().to_owned();
     let fixed = |url: String| -> MakeRequest {
         Arc::new(move |client: &reqwest::Client, _| client.get(url.clone()))
@@ -259,8 +292,17 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .chain([gateway_pid, nats])
         .collect();
     let only_nats = [nats];
+    let through_bare_hop: Vec<Watched> = bare_hop
+        .iter()
+        .flat_map(|hop| {
+            [
+                Watched::new("hop-server", hop.server.pid()),
+                Watched::new("hop-responder", hop.responder.pid()),
+            ]
+        })
+        .chain([nats])
+        .collect();
 
-    let mut rows: Vec<(&str, Option<Measurement>)> = Vec::new();
     let scenarios: Vec<(&str, Option<MakeRequest>, &[Watched])> = vec![
         (
             "(a) gateway GET /products/{id}",
@@ -288,7 +330,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
             &only_nats,
         ),
         (
-            "(d) bare NATS hop GET /hop",
+            "(d) bare NATS hop GET /hop, two processes",
+            bare_hop
+                .as_ref()
+                .map(|hop| fixed(format!("http://{}/hop", hop.address))),
+            &through_bare_hop,
+        ),
+        (
+            "(d') bare NATS hop GET /hop, in this process",
             Some(fixed(format!("http://{hop_address}/hop"))),
             &only_nats,
         ),
@@ -299,18 +348,36 @@ async fn run(options: Options) -> anyhow::Result<()> {
             &through_echo,
         ),
     ];
-    for (name, make, watched) in scenarios {
-        let measurement = match make {
-            Some(make) => {
-                eprintln!("measuring {name}…");
-                Some(measure(&client, &options, make, watched).await)
-            }
-            None => None,
-        };
-        rows.push((name, measurement));
+    // Every scenario measured in turn, round after round: the ratios
+    // compare figures taken under the same conditions.
+    let selected: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _, _)| {
+            name.chars()
+                .nth(1)
+                .is_some_and(|letter| options.runs(letter))
+        })
+        .collect();
+    let compared: Vec<(MakeRequest, &[Watched])> = selected
+        .iter()
+        .filter_map(|(_, make, watched)| Some((make.clone()?, *watched)))
+        .collect();
+    if !compared.is_empty() {
+        eprintln!(
+            "measuring {} HTTP scenarios in {ROUNDS} rounds…",
+            compared.len()
+        );
     }
+    let mut measured = measure_in_rounds(&client, &options, &compared)
+        .await
+        .into_iter();
+    let rows: Vec<(&str, Option<Measurement>)> = selected
+        .iter()
+        .map(|(name, make, _)| (*name, make.as_ref().and_then(|_| measured.next())))
+        .collect();
 
     let event_rows = match (&echo, &sink) {
+        _ if !options.runs('f') && !options.runs('g') => None,
         (Some(_), Some(_)) => {
             let event_options = EventOptions {
                 events: options.events,
@@ -326,23 +393,33 @@ async fn run(options: Options) -> anyhow::Result<()> {
     // The embedded process gets the machine the distributed one had: the
     // distributed processes stop (dropping one kills it); NATS and
     // Postgres stay, idle.
-    drop((echo, sink, products));
+    drop((echo, sink, products, bare_hop));
     system.gateway().process().kill();
-    let embedded_report = embedded::measure(embedded_bin.as_deref(), &client, &options).await?;
+    let embedded_report = if options.runs('h') || options.runs('i') {
+        embedded::measure(embedded_bin.as_deref(), &client, &options).await?
+    } else {
+        None
+    };
     // Last, on their own systems, with every other process stopped.
-    let tracing_report = if options.tracing {
+    let tracing_report = if options.runs('j') {
         Some(tracing::measure(&client, &options).await?)
     } else {
         None
     };
 
-    print_report(&options, &rows);
-    events::print_report(event_rows.as_deref());
-    embedded::print_report(
-        embedded_report.as_ref(),
-        find(&rows, "(a)"),
-        find(&rows, "(b)"),
-    );
+    if !rows.is_empty() {
+        print_report(&options, &rows);
+    }
+    if options.runs('f') || options.runs('g') {
+        events::print_report(event_rows.as_deref());
+    }
+    if options.runs('h') || options.runs('i') {
+        embedded::print_report(
+            embedded_report.as_ref(),
+            find(&rows, "(a)"),
+            find(&rows, "(b)"),
+        );
+    }
     if let Some(report) = &tracing_report {
         tracing::print_report(report);
     }
@@ -395,7 +472,7 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     for (name, measurement) in rows {
         match measurement {
             Some(m) => print_row(name, width, m),
-            None => println!("{name:<width$} skipped: the workspace has no `bench-echo` binary"),
+            None => println!("{name:<width$} skipped: the workspace has no binary for it"),
         }
     }
 
@@ -406,6 +483,7 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
         ("(b)/(c) POST", "(b)", "(c) direct POST"),
         ("(b)/(c') POST, outbox included", "(b)", "(c')"),
         ("(e)/(d) framework vs bare hop", "(e)", "(d)"),
+        ("(e)/(d') vs bare hop in-process", "(e)", "(d')"),
     ] {
         match (find(rows, through), find(rows, baseline)) {
             (Some(hop), Some(base)) => println!(

@@ -50,7 +50,7 @@ use microcore_e2e::{ServiceInstance, System, wait};
 use sqlx::postgres::PgPoolOptions;
 
 use crate::cpu::{self, Watched};
-use crate::load::{MakeRequest, measure_for, warm_up};
+use crate::load::{MakeRequest, ROUNDS, measure_in_rounds};
 use crate::{Measurement, Options, create, get_by_id, seed};
 
 /// The protocol spans are exported in: the exporter's default, named.
@@ -141,10 +141,6 @@ fn environment(
     env
 }
 
-/// The slices each configuration's measured time is cut into, taken in
-/// turn across the configurations.
-const ROUNDS: u32 = 4;
-
 /// The requests of (a) or (b) against one running system.
 type Scenario = fn(&Running) -> MakeRequest;
 
@@ -210,7 +206,6 @@ pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Res
     for configuration in &CONFIGURATIONS {
         running.push(start(configuration, options).await?);
     }
-    let slice = options.duration / ROUNDS;
     let scenarios: [(&str, Scenario); 2] = [
         ("GET /products/{id}", |r| {
             get_by_id(r.system.http().base().to_owned(), r.ids.clone())
@@ -225,15 +220,13 @@ pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Res
         .collect();
     for (scenario, (name, make)) in scenarios.iter().enumerate() {
         eprintln!("tracing: measuring {name} on every configuration, {ROUNDS} rounds…");
-        let makes: Vec<MakeRequest> = running.iter().map(|r| make(r)).collect();
-        for make in &makes {
-            warm_up(client, options, make).await;
-        }
-        for _ in 0..ROUNDS {
-            for ((r, make), totals) in running.iter().zip(&makes).zip(&mut measured) {
-                let m = measure_for(client, options.concurrency, slice, make, &r.watched).await;
-                totals[scenario].absorb(m);
-            }
+        let compared: Vec<(MakeRequest, &[Watched])> = running
+            .iter()
+            .map(|r| (make(r), r.watched.as_slice()))
+            .collect();
+        let results = measure_in_rounds(client, options, &compared).await;
+        for (totals, result) in measured.iter_mut().zip(results) {
+            totals[scenario] = result;
         }
     }
 
