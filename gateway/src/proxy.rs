@@ -96,7 +96,6 @@ async fn relay(
     target: &Target,
     params: Vec<(&str, &str)>,
 ) -> Response {
-    let path = parts.uri.path();
     let user = if target.auth {
         match auth::authenticate(proxy.auth.as_ref(), parts) {
             Ok(claims) => Some(claims),
@@ -148,7 +147,6 @@ async fn relay(
         HeaderName::from_static("mc-method"),
         value(parts.method.as_str()),
     );
-    headers.insert(HeaderName::from_static("mc-path"), value(path));
     headers.insert(HeaderName::from_static("mc-route"), value(&target.route));
     if !decoded.is_empty() {
         let encoded = form_urlencoded::Serializer::new(String::new())

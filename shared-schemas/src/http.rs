@@ -11,8 +11,6 @@ pub const RESERVED_PREFIX: &str = "mc-";
 
 /// Request: the HTTP method.
 pub const METHOD: &str = "Mc-Method";
-/// Request: the concrete path (`/products/42`).
-pub const PATH: &str = "Mc-Path";
 /// Request: the route template that matched (`/products/{id}`).
 pub const ROUTE: &str = "Mc-Route";
 /// Request: path parameters, `application/x-www-form-urlencoded`.

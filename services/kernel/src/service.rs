@@ -127,7 +127,7 @@ impl Service {
         // Everything the instance does logs under its name and id, and its
         // SQL statements count in its metrics.
         let span = telemetry::log_context(
-            || tracing::info_span!("service", service = domain.name, instance = %instance_id),
+            || tracing::info_span!(target: telemetry::INSTANCE_TARGET, "service", service = domain.name, instance = %instance_id),
         );
         let metrics = Metrics::new(InstanceIdentity {
             service: domain.name,
@@ -250,7 +250,9 @@ impl Service {
             listeners.spawn(async move {
                 while let Some(incoming) = stream.next().await {
                     let endpoint = endpoint.clone();
-                    let serve = async move { endpoint.serve(incoming).await };
+                    // Boxed: the task then moves a pointer, not the whole
+                    // state of a request, on its way into the scheduler.
+                    let serve = Box::pin(async move { endpoint.serve(incoming).await });
                     tasks.spawn(serve.instrument(span.clone()));
                 }
             });

@@ -22,6 +22,8 @@ pub struct Context {
 struct Inner {
     request_id: String,
     user: Option<Claims>,
+    /// As they came over the wire: the gateway's metadata too, which
+    /// [`Context::header`] keeps from the handler.
     headers: HeaderMap,
     reply: Mutex<ReplyParts>,
 }
@@ -71,6 +73,9 @@ impl Context {
 
     /// A request header the client sent (hop-by-hop headers excluded).
     pub fn header(&self, name: &str) -> Option<&str> {
+        if shared_schemas::http::is_reserved(name) {
+            return None;
+        }
         self.inner.headers.get(name)?.to_str().ok()
     }
 
@@ -132,6 +137,17 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_metadata_is_not_a_client_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", http::HeaderValue::from_static("text/plain"));
+        headers.insert("mc-auth", http::HeaderValue::from_static("claims"));
+        let ctx = Context::new("r".into(), None, headers);
+        assert_eq!(ctx.header("Accept"), Some("text/plain"));
+        assert_eq!(ctx.header("Mc-Auth"), None);
+        assert_eq!(ctx.header("mc-auth"), None);
+    }
 
     #[test]
     fn cookies_get_secure_defaults_unless_set() {

@@ -74,34 +74,34 @@ impl RouteMetrics {
 }
 
 /// Handles `incoming` with `route`, measures it and sends the reply.
-pub(crate) async fn serve(route: &Route, metrics: &RouteMetrics, incoming: Incoming) {
+pub(crate) async fn serve(route: &Route, metrics: &RouteMetrics, mut incoming: Incoming) {
     let started = Instant::now();
-    let reply = answer(route, &incoming.message).await;
+    let reply = answer(route, std::mem::take(&mut incoming.message)).await;
     metrics.record(started, &reply);
     if let Err(e) = incoming.respond(reply).await {
         tracing::warn!(plugin = %route.plugin, error = %e, "could not send the reply");
     }
 }
 
-async fn answer(route: &Route, request: &Message) -> Message {
-    let headers = &request.headers;
-    let request_id = text(headers, wire::REQUEST_ID)
+async fn answer(route: &Route, request: Message) -> Message {
+    let Message { headers, body } = request;
+    let request_id = text(&headers, wire::REQUEST_ID)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut params: Vec<(String, String)> = Vec::new();
     for source in [wire::QUERY, wire::PATH_PARAMS] {
-        if let Some(encoded) = text(headers, source) {
+        if let Some(encoded) = text(&headers, source) {
             params.extend(form_urlencoded::parse(encoded.as_bytes()).into_owned());
         }
     }
     let data = RequestData {
         params,
-        body: &request.body,
+        body: &body,
     };
     // Claims are read on authenticated routes only, so nothing can lend
     // an identity to a public one.
     let user = if route.auth {
-        match text(headers, wire::AUTH).map(Claims::from_header) {
+        match text(&headers, wire::AUTH).map(Claims::from_header) {
             Some(Ok(claims)) => Some(claims),
             invalid => {
                 if let Some(Err(e)) = invalid {
@@ -114,10 +114,8 @@ async fn answer(route: &Route, request: &Message) -> Message {
     } else {
         None
     };
-    let ctx = Context::new(request_id.clone(), user, client_headers(headers));
-
     // The gateway's span is the parent: one trace from the client on.
-    let span = crate::telemetry::continue_trace(headers, || {
+    let span = crate::telemetry::continue_trace(&headers, || {
         tracing::info_span!(
             "request",
             otel.name = %format_args!("{} {}", route.method, route.path),
@@ -131,6 +129,7 @@ async fn answer(route: &Route, request: &Message) -> Message {
             span_id = tracing::field::Empty,
         )
     });
+    let ctx = Context::new(request_id.clone(), user, headers);
     let future = match (route.handler)(&data, ctx.clone()) {
         Ok(future) => future,
         Err(invalid) => {
@@ -206,15 +205,4 @@ fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Message {
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
-}
-
-/// The client's own headers: everything but the gateway's metadata.
-fn client_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !wire::is_reserved(name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
 }

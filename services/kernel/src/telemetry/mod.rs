@@ -53,6 +53,10 @@ pub use log_stream::forward_logs;
 /// The log filter when `RUST_LOG` is unset or unreadable.
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
 
+/// The target of a service instance's span ([`log_context`]): the span
+/// its SQL statements are counted under, traced or not.
+pub(crate) const INSTANCE_TARGET: &str = "microcore::instance";
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -149,15 +153,19 @@ pub fn init(service: &str) -> Telemetry {
     // Every layer under a filter of its own looks the span up each time a
     // span is entered or left, so layers that want the same records share
     // one filter: the log lines and the records forwarded to the bus pass
-    // `RUST_LOG`; traces and statements take spans and events at `INFO`
-    // and above, and sqlx's statements.
+    // `RUST_LOG`; traces and statements take sqlx's statements, the
+    // instance spans they are counted under, and, while traces are
+    // exported, every span and event at `INFO` and above. Untraced, a
+    // request's span costs only what `RUST_LOG` asks of it.
+    let exporting = traces.is_some();
     let forwarding = log_stream::Forwarding::new(service);
     let logs = logs
         .and_then(log_stream::LogForwarding::new(forwarding.clone()))
         .with_filter(log_filter);
     let spans = sql_statements.and_then(traces).with_filter(
-        filter_fn(|metadata| {
-            *metadata.level() <= tracing::Level::INFO
+        filter_fn(move |metadata| {
+            (exporting && *metadata.level() <= tracing::Level::INFO)
+                || metadata.target() == INSTANCE_TARGET
                 || (metadata.target() == sql::TARGET && *metadata.level() <= tracing::Level::DEBUG)
         })
         .with_max_level_hint(LevelFilter::DEBUG),

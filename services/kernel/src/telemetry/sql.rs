@@ -127,6 +127,28 @@ impl SqlSpans {
         // An unsampled trace records nothing: spare the string work.
         parent.span().span_context().is_sampled().then_some(parent)
     }
+
+    /// The metrics of the instance that ran the statement `event` reports:
+    /// those of the nearest enclosing span that carries [`DbMetrics`].
+    /// Looked up in the registry itself, not through this layer's filter:
+    /// the spans in between (a request's) need not pass it, and on the
+    /// thread SQLite runs statements on, the span stack holds only the
+    /// span sqlx entered there, not its ancestors.
+    fn instance_metrics(&self, event: &Event<'_>) -> Option<DbMetrics> {
+        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade)?;
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let id = if event.is_root() {
+            return None;
+        } else if event.is_contextual() {
+            registry.current_span().id()?.clone()
+        } else {
+            event.parent()?.clone()
+        };
+        registry
+            .span(&id)?
+            .scope()
+            .find_map(|span| span.extensions().get::<DbMetrics>().cloned())
+    }
 }
 
 impl<S> tracing_subscriber::Layer<S> for SqlSpans
@@ -142,13 +164,10 @@ where
             return;
         }
         // A statement outside any span belongs to no instance and no trace.
-        let Some(leaf) = ctx.event_span(event) else {
-            return;
-        };
-        let metrics = leaf
-            .scope()
-            .find_map(|span| span.extensions().get::<DbMetrics>().cloned());
-        let parent = self.sampled_parent(&leaf);
+        let metrics = self.instance_metrics(event);
+        let parent = ctx
+            .event_span(event)
+            .and_then(|leaf| self.sampled_parent(&leaf));
         if metrics.is_none() && parent.is_none() {
             return;
         }
