@@ -6,7 +6,8 @@
 //!
 //! Starts a private NATS and database through the harness and the release
 //! binaries of the gateway and the products service, seeds the catalogue,
-//! then drives keep-alive HTTP load over loopback against:
+//! then drives keep-alive HTTP load over loopback, each scenario in turn
+//! in four rounds (see [`load::measure_in_rounds`]), against:
 //!
 //! - (a) the gateway, `GET /products/{id}`;
 //! - (b) the gateway, `POST /products`: the row and `product.created`,
