@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod bare_hop;
 pub mod binaries;
 pub mod db;
 pub mod embedded;

@@ -45,8 +45,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::{LookupSpan as _, SpanRef};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use log_stream::forward_logs;
 
@@ -192,12 +193,7 @@ pub fn init(service: &str) -> Telemetry {
 /// Whether OTLP export of `signal` (`TRACES`, `METRICS`) is configured:
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` or the signal's own endpoint is set.
 fn otlp_configured(signal: &str) -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
-    ]
-    .iter()
-    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
+    otlp_setting_given("ENDPOINT", signal)
 }
 
 /// The OTLP protocol to set when the environment names none for `signal`:
@@ -205,13 +201,18 @@ fn otlp_configured(signal: &str) -> bool {
 /// built in, the exporter would pick JSON). `None`: the exporter follows
 /// the environment.
 fn otlp_default_protocol(signal: &str) -> Option<opentelemetry_otlp::Protocol> {
-    let named = [
-        "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
+    (!otlp_setting_given("PROTOCOL", signal)).then_some(opentelemetry_otlp::Protocol::HttpBinary)
+}
+
+/// Whether `OTEL_EXPORTER_OTLP_<setting>` or its `signal`'s own
+/// `OTEL_EXPORTER_OTLP_<signal>_<setting>` is set and not empty.
+fn otlp_setting_given(setting: &str, signal: &str) -> bool {
+    [
+        format!("OTEL_EXPORTER_OTLP_{setting}"),
+        format!("OTEL_EXPORTER_OTLP_{signal}_{setting}"),
     ]
     .iter()
-    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
-    (!named).then_some(opentelemetry_otlp::Protocol::HttpBinary)
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
 }
 
 /// The exporting provider when an OTLP endpoint is configured.
@@ -278,6 +279,17 @@ impl opentelemetry::propagation::Injector for TraceHeaders<'_> {
             self.0.insert(name, value);
         }
     }
+}
+
+/// Runs `f` on what the registry keeps of `span`, which no layer's filter
+/// hides; `None` when the span is disabled or the process did not install
+/// [`init`]'s subscriber.
+fn in_registry<T>(
+    span: &tracing::Span,
+    f: impl FnOnce(SpanRef<'_, Registry>) -> Option<T>,
+) -> Option<T> {
+    span.with_subscriber(|(id, dispatch)| f(dispatch.downcast_ref::<Registry>()?.span(id)?))
+        .flatten()
 }
 
 /// Creates, with `make_span`, a span that gives log lines their context

@@ -171,14 +171,9 @@ where
 
 /// The context `span` carries on when its trace is not recorded.
 pub(super) fn carried_context(span: &tracing::Span) -> Option<SpanContext> {
-    span.with_subscriber(|(id, dispatch)| {
-        let span = dispatch
-            .downcast_ref::<tracing_subscriber::Registry>()?
-            .span(id)?;
-        let carried = span.extensions().get::<Unrecorded>()?.0.clone();
-        Some(carried)
+    super::in_registry(span, |span| {
+        Some(span.extensions().get::<Unrecorded>()?.0.clone())
     })
-    .flatten()
 }
 
 /// Shows `L`, the OpenTelemetry layer, the spans of recorded traces at

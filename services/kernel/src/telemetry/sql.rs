@@ -89,13 +89,9 @@ impl DbMetrics {
 /// in `metrics`. Does nothing when the process did not install
 /// [`init`](super::init)'s subscriber.
 pub(crate) fn record_statements(span: &tracing::Span, metrics: DbMetrics) {
-    span.with_subscriber(|(id, dispatch)| {
-        let span = dispatch
-            .downcast_ref::<tracing_subscriber::Registry>()
-            .and_then(|registry| registry.span(id));
-        if let Some(span) = span {
-            span.extensions_mut().insert(metrics);
-        }
+    super::in_registry(span, |span| {
+        span.extensions_mut().insert(metrics);
+        Some(())
     });
 }
 
@@ -115,15 +111,18 @@ impl SqlSpans {
 
     /// The trace context of `span` when a statement under it is to be
     /// recorded as a span: traces are exported and this one is sampled.
-    fn sampled_parent<S>(&self, span: &SpanRef<'_, S>) -> Option<opentelemetry::Context>
+    fn sampled_parent<S>(
+        &self,
+        span: &SpanRef<'_, S>,
+        dispatch: &Dispatch,
+    ) -> Option<opentelemetry::Context>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         if self.tracer.is_none() || super::sampling::is_unrecorded(span) {
             return None;
         }
-        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade)?;
-        let parent = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+        let parent = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
         // An unsampled trace records nothing: spare the string work.
         parent.span().span_context().is_sampled().then_some(parent)
     }
@@ -134,8 +133,7 @@ impl SqlSpans {
     /// the spans in between (a request's) need not pass it, and on the
     /// thread SQLite runs statements on, the span stack holds only the
     /// span sqlx entered there, not its ancestors.
-    fn instance_metrics(&self, event: &Event<'_>) -> Option<DbMetrics> {
-        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade)?;
+    fn instance_metrics(event: &Event<'_>, dispatch: &Dispatch) -> Option<DbMetrics> {
         let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
         let id = if event.is_root() {
             return None;
@@ -163,11 +161,14 @@ where
         if event.metadata().target() != TARGET {
             return;
         }
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
+            return;
+        };
         // A statement outside any span belongs to no instance and no trace.
-        let metrics = self.instance_metrics(event);
+        let metrics = Self::instance_metrics(event, &dispatch);
         let parent = ctx
             .event_span(event)
-            .and_then(|leaf| self.sampled_parent(&leaf));
+            .and_then(|leaf| self.sampled_parent(&leaf, &dispatch));
         if metrics.is_none() && parent.is_none() {
             return;
         }

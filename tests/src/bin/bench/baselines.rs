@@ -10,13 +10,11 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use futures_util::StreamExt;
-use microcore_e2e::{ServiceProcess, System, binaries, free_port, wait};
+use microcore_e2e::{ServiceProcess, System, bare_hop, binaries, free_port, wait};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared_schemas::Subjects;
@@ -26,9 +24,6 @@ use sqlx::PgPool;
 /// Database connections of the direct handler: the services' default
 /// (`MC_DB_MAX_CONNECTIONS`), so both sides get the same pool.
 pub(crate) const POOL_SIZE: u32 = 10;
-
-/// The static answer of the bare hop's responder.
-const PONG: &[u8] = br#"{"success":true,"data":{"pong":true},"error":null}"#;
 
 #[derive(Serialize, sqlx::FromRow)]
 struct Product {
@@ -242,19 +237,6 @@ pub(crate) async fn direct_create_unstaged(
     }
 }
 
-/// (d): one NATS request-reply behind an HTTP handler.
-pub(crate) async fn hop(State(client): State<async_nats::Client>) -> Response {
-    match client.request("bench.hop", Bytes::new()).await {
-        Ok(reply) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            reply.payload,
-        )
-            .into_response(),
-        Err(_) => failure(StatusCode::BAD_GATEWAY, "no reply"),
-    }
-}
-
 /// Serves `router` on a free loopback port of this process.
 pub(crate) async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -267,18 +249,14 @@ pub(crate) async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
     Ok(address)
 }
 
-/// Answers every request on `bench.hop` with [`PONG`].
-pub(crate) async fn start_responder(client: async_nats::Client) -> anyhow::Result<()> {
-    let mut requests = client.subscribe("bench.hop").await?;
-    client.flush().await?;
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            if let Some(reply) = request.reply {
-                let _ = client.publish(reply, Bytes::from_static(PONG)).await;
-            }
-        }
-    });
-    Ok(())
+/// (d'): both halves of the bare hop inside this process; the address of
+/// its `GET /hop`.
+pub(crate) async fn start_hop_in_process(system: &System) -> anyhow::Result<SocketAddr> {
+    let answering = bare_hop::responder(system.nats().connect().await)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing the in-process responder: {e}"))?;
+    tokio::spawn(answering);
+    serve(bare_hop::router(system.nats().connect().await)).await
 }
 
 /// (d): the `bench-hop` binary's two processes, the HTTP server and the

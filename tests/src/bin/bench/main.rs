@@ -74,8 +74,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::baselines::{
-    BareHop, Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, hop, serve,
-    start_responder,
+    BareHop, Direct, POOL_SIZE, direct_create, direct_create_unstaged, direct_get, serve,
+    start_hop_in_process,
 };
 use crate::cpu::Watched;
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
@@ -264,13 +264,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let bare_hop = BareHop::start(&system, &client).await?;
-    start_responder(system.nats().connect().await).await?;
-    let hop_address = serve(
-        Router::new()
-            .route("/hop", get(hop))
-            .with_state(system.nats().connect().await),
-    )
-    .await?;
+    let hop_address = start_hop_in_process(&system).await?;
 
     let gateway = system.http().base().to_owned();
     let fixed = |url: String| -> MakeRequest {

@@ -141,9 +141,6 @@ fn environment(
     env
 }
 
-/// The requests of (a) or (b) against one running system.
-type Scenario = fn(&Running) -> MakeRequest;
-
 /// A system running in one configuration.
 struct Running {
     configuration: &'static Configuration,
@@ -197,41 +194,23 @@ async fn start(
     })
 }
 
-/// Measures (a) and then (b) on every system: a warm-up each, then
-/// [`ROUNDS`] slices of the measured time, one system after the other in
-/// each round, so that whatever drifts on the shared machine weighs on all
-/// configurations alike.
+/// Measures (a) and then (b) on every system (see [`measure_on_each`]).
 pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Result<TracingReport> {
     let mut running = Vec::new();
     for configuration in &CONFIGURATIONS {
         running.push(start(configuration, options).await?);
     }
-    let scenarios: [(&str, Scenario); 2] = [
-        ("GET /products/{id}", |r| {
-            get_by_id(r.system.http().base().to_owned(), r.ids.clone())
-        }),
-        ("POST /products", |r| {
-            create(r.system.http().base().to_owned())
-        }),
-    ];
-    let mut measured: Vec<[Measurement; 2]> = running
-        .iter()
-        .map(|_| [Measurement::empty(), Measurement::empty()])
-        .collect();
-    for (scenario, (name, make)) in scenarios.iter().enumerate() {
-        eprintln!("tracing: measuring {name} on every configuration, {ROUNDS} rounds…");
-        let compared: Vec<(MakeRequest, &[Watched])> = running
-            .iter()
-            .map(|r| (make(r), r.watched.as_slice()))
-            .collect();
-        let results = measure_in_rounds(client, options, &compared).await;
-        for (totals, result) in measured.iter_mut().zip(results) {
-            totals[scenario] = result;
-        }
-    }
+    let gets = measure_on_each(client, options, &running, "GET /products/{id}", |r| {
+        get_by_id(r.system.http().base().to_owned(), r.ids.clone())
+    })
+    .await;
+    let creates = measure_on_each(client, options, &running, "POST /products", |r| {
+        create(r.system.http().base().to_owned())
+    })
+    .await;
 
     let mut runs = Vec::new();
-    for (mut r, [get, create]) in running.into_iter().zip(measured) {
+    for ((mut r, get), create) in running.into_iter().zip(gets).zip(creates) {
         // A graceful stop flushes each exporter's last batch; once both
         // have exited, every span they kept has been answered.
         r.system.gateway().process().terminate(wait::SHUTDOWN).await;
@@ -245,6 +224,25 @@ pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Res
         });
     }
     Ok(TracingReport { runs })
+}
+
+/// Measures the requests `make` builds for each system: a warm-up each,
+/// then [`ROUNDS`] slices of the measured time, one system after the other
+/// in each round, so that whatever drifts on the shared machine weighs on
+/// all configurations alike.
+async fn measure_on_each(
+    client: &reqwest::Client,
+    options: &Options,
+    running: &[Running],
+    name: &str,
+    make: impl Fn(&Running) -> MakeRequest,
+) -> Vec<Measurement> {
+    eprintln!("tracing: measuring {name} on every configuration, {ROUNDS} rounds…");
+    let compared: Vec<(MakeRequest, &[Watched])> = running
+        .iter()
+        .map(|r| (make(r), r.watched.as_slice()))
+        .collect();
+    measure_in_rounds(client, options, &compared).await
 }
 
 /// The baseline the configurations are compared with: the mean
