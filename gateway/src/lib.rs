@@ -189,10 +189,12 @@ async fn drop_unusable_request_id(mut request: Request) -> Request {
     };
     if request
         .headers()
-        .get("x-request-id")
+        .get(shared_schemas::http::REQUEST_ID)
         .is_some_and(|v| !usable(v))
     {
-        request.headers_mut().remove("x-request-id");
+        request
+            .headers_mut()
+            .remove(shared_schemas::http::REQUEST_ID);
     }
     request
 }

@@ -143,26 +143,20 @@ async fn relay(
     }
 
     let mut headers = forwardable(&parts.headers);
-    headers.insert(
-        HeaderName::from_static("mc-method"),
-        value(parts.method.as_str()),
-    );
-    headers.insert(HeaderName::from_static("mc-route"), value(&target.route));
+    headers.insert(wire::METHOD, value(parts.method.as_str()));
+    headers.insert(wire::ROUTE, value(&target.route));
     if !decoded.is_empty() {
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&decoded)
             .finish();
-        headers.insert(HeaderName::from_static("mc-path-params"), value(&encoded));
+        headers.insert(wire::PATH_PARAMS, value(&encoded));
     }
     if let Some(query) = parts.uri.query() {
-        headers.insert(HeaderName::from_static("mc-query"), value(query));
+        headers.insert(wire::QUERY, value(query));
     }
     microcore::telemetry::inject(&tracing::Span::current(), &mut headers);
     if let Some(claims) = user {
-        headers.insert(
-            HeaderName::from_static("mc-auth"),
-            value(&claims.to_header()),
-        );
+        headers.insert(wire::AUTH, value(&claims.to_header()));
     }
 
     match proxy

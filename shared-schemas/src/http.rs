@@ -6,25 +6,29 @@
 //! client headers are forwarded under their own names, except hop-by-hop
 //! ones.
 
-/// The reserved header namespace (compared case-insensitively).
+pub use http::HeaderName;
+
+/// The reserved header namespace (compared case-insensitively). Names are
+/// written lower case, as HTTP/2 and the `http` crate write them; HTTP
+/// compares them case-insensitively.
 pub const RESERVED_PREFIX: &str = "mc-";
 
 /// Request: the HTTP method.
-pub const METHOD: &str = "Mc-Method";
+pub const METHOD: HeaderName = HeaderName::from_static("mc-method");
 /// Request: the route template that matched (`/products/{id}`).
-pub const ROUTE: &str = "Mc-Route";
+pub const ROUTE: HeaderName = HeaderName::from_static("mc-route");
 /// Request: path parameters, `application/x-www-form-urlencoded`.
-pub const PATH_PARAMS: &str = "Mc-Path-Params";
+pub const PATH_PARAMS: HeaderName = HeaderName::from_static("mc-path-params");
 /// Request: the raw query string, without `?`.
-pub const QUERY: &str = "Mc-Query";
+pub const QUERY: HeaderName = HeaderName::from_static("mc-query");
 /// Request and reply: the request id, the root of the causal chain.
-pub const REQUEST_ID: &str = "X-Request-ID";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Request: the verified claims of the caller's access token
 /// ([`Claims::to_header`](crate::auth::Claims::to_header)), set by the
 /// gateway on authenticated routes only.
-pub const AUTH: &str = "Mc-Auth";
+pub const AUTH: HeaderName = HeaderName::from_static("mc-auth");
 /// Reply: the HTTP status code.
-pub const STATUS: &str = "Mc-Status";
+pub const STATUS: HeaderName = HeaderName::from_static("mc-status");
 
 /// True for a header name clients may not send through the gateway.
 pub fn is_reserved(name: &str) -> bool {

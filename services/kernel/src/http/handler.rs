@@ -203,6 +203,6 @@ fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Message {
     Message { headers, body }
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn text(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name)?.to_str().ok()
 }
