@@ -139,7 +139,7 @@ impl Gateway {
                 // Outermost first: the request id is set before anything
                 // else runs and echoed on every answer, a panic's 500 too.
                 ServiceBuilder::new()
-                    .layer(axum::middleware::map_request(drop_unusable_request_id))
+                    .map_request(drop_unusable_request_id)
                     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                     .layer(PropagateRequestIdLayer::x_request_id())
                     .layer(CatchPanicLayer::custom(|_| {
@@ -148,10 +148,7 @@ impl Gateway {
                     })),
             )
             // Outermost, so that every answer is measured, a panic's too.
-            .layer(axum::middleware::from_fn_with_state(
-                metrics::HttpServerMetrics::new(&self.metrics),
-                metrics::record,
-            ))
+            .layer(metrics::RequestMetricsLayer::new(&self.metrics))
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then finishes
@@ -181,7 +178,7 @@ impl Gateway {
 
 /// A client request id is honoured only if it is short and printable;
 /// otherwise the request-id layer makes a fresh one.
-async fn drop_unusable_request_id(mut request: Request) -> Request {
+fn drop_unusable_request_id(mut request: Request) -> Request {
     let usable = |v: &HeaderValue| {
         !v.is_empty()
             && v.len() <= MAX_REQUEST_ID

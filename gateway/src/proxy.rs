@@ -143,8 +143,7 @@ async fn relay(
     }
 
     let mut headers = forwardable(&parts.headers);
-    headers.insert(wire::METHOD, value(parts.method.as_str()));
-    headers.insert(wire::ROUTE, value(&target.route));
+    headers.insert(wire::ROUTE, target.wire_route.clone());
     if !decoded.is_empty() {
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&decoded)
@@ -164,7 +163,7 @@ async fn relay(
         .request(&target.subject, Message { headers, body }, target.timeout)
         .await
     {
-        Ok(reply) => into_response(reply),
+        Ok(reply) => into_response(reply, target),
         Err(RequestError::NoResponders(_)) => envelope::error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("service `{}` has no live instance", target.service),
@@ -199,13 +198,14 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn into_response(reply: Message) -> Response {
-    let status = reply
-        .headers
-        .get(wire::STATUS)
-        .and_then(|s| s.to_str().ok()?.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
+fn into_response(reply: Message, target: &Target) -> Response {
+    let Some(status) = wire::reply_status(&reply.headers) else {
+        tracing::warn!(service = %target.service, status = ?reply.headers.get(wire::STATUS), "a reply with an unreadable status");
+        return envelope::error(
+            StatusCode::BAD_GATEWAY,
+            "the service sent an unreadable reply",
+        );
+    };
     let mut response = Response::new(Body::from(reply.body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -219,6 +219,10 @@ fn into_response(reply: Message) -> Response {
         if !wire::is_reserved(name.as_str()) && !wire::HOP_BY_HOP.contains(&name.as_str()) {
             headers.append(name.clone(), value);
         }
+    }
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        let json = HeaderValue::from_static(wire::DEFAULT_CONTENT_TYPE);
+        headers.insert(header::CONTENT_TYPE, json);
     }
     response
 }

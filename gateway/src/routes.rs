@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use serde::Serialize;
 use shared_schemas::discovery::HttpEndpoint;
 
@@ -20,7 +20,9 @@ pub struct Target {
     pub service: String,
     pub subject: String,
     /// The route template, e.g. `/products/{id}`.
-    pub route: String,
+    pub route: Arc<str>,
+    /// What the request's [`ROUTE`](shared_schemas::http::ROUTE) header says: `GET /products/{id}`.
+    pub wire_route: HeaderValue,
     pub timeout: Duration,
     /// Requests need a verified access token.
     pub auth: bool,
@@ -108,6 +110,11 @@ impl RouteTable {
                 .push(lost(None, "the path is reserved by the gateway".into()));
             return;
         }
+        let Ok(wire_route) = HeaderValue::try_from(format!("{method} {path}")) else {
+            self.conflicts
+                .push(lost(None, "the path cannot travel in a header".into()));
+            return;
+        };
         let index = match by_template.get(&path) {
             Some(&index) => index,
             None => {
@@ -144,7 +151,8 @@ impl RouteTable {
             Arc::new(Target {
                 service: claim.service,
                 subject: claim.subject,
-                route: path,
+                route: path.into(),
+                wire_route,
                 timeout: Duration::from_millis(claim.endpoint.timeout_ms),
                 auth: claim.endpoint.auth,
             }),

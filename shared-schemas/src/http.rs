@@ -13,9 +13,8 @@ pub use http::HeaderName;
 /// compares them case-insensitively.
 pub const RESERVED_PREFIX: &str = "mc-";
 
-/// Request: the HTTP method.
-pub const METHOD: HeaderName = HeaderName::from_static("mc-method");
-/// Request: the route template that matched (`/products/{id}`).
+/// Request: the route that matched, as the service declared it: the
+/// method and the template, `GET /products/{id}`.
 pub const ROUTE: HeaderName = HeaderName::from_static("mc-route");
 /// Request: path parameters, `application/x-www-form-urlencoded`.
 pub const PATH_PARAMS: HeaderName = HeaderName::from_static("mc-path-params");
@@ -27,8 +26,21 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// ([`Claims::to_header`](crate::auth::Claims::to_header)), set by the
 /// gateway on authenticated routes only.
 pub const AUTH: HeaderName = HeaderName::from_static("mc-auth");
-/// Reply: the HTTP status code.
+/// Reply: the HTTP status code, absent for `200 OK` (as NATS micro
+/// replies carry error headers only on errors); see [`reply_status`].
 pub const STATUS: HeaderName = HeaderName::from_static("mc-status");
+
+/// What a reply without `Content-Type` holds: the JSON envelope.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+/// The status a reply's headers give: [`STATUS`], `200 OK` when absent,
+/// `None` when it is not a status code.
+pub fn reply_status(headers: &http::HeaderMap) -> Option<http::StatusCode> {
+    match headers.get(STATUS) {
+        None => Some(http::StatusCode::OK),
+        Some(value) => http::StatusCode::from_bytes(value.as_bytes()).ok(),
+    }
+}
 
 /// True for a header name clients may not send through the gateway.
 pub fn is_reserved(name: &str) -> bool {
@@ -53,6 +65,16 @@ pub const HOP_BY_HOP: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_without_a_status_is_ok() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(reply_status(&headers), Some(http::StatusCode::OK));
+        headers.insert(STATUS, http::HeaderValue::from_static("404"));
+        assert_eq!(reply_status(&headers), Some(http::StatusCode::NOT_FOUND));
+        headers.insert(STATUS, http::HeaderValue::from_static("fine"));
+        assert_eq!(reply_status(&headers), None);
+    }
 
     #[test]
     fn reserved_names_are_case_insensitive() {

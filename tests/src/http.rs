@@ -157,11 +157,22 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The body of an envelope, which is JSON and says so.
+    #[track_caller]
+    fn expect_envelope(&self) -> Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "an envelope is JSON: {self}"
+        );
+        self.json()
+    }
+
     /// Asserts the status and the success envelope, and returns `data`.
     #[track_caller]
     pub fn expect_success(&self, status: StatusCode) -> Value {
         assert_eq!(self.status, status, "unexpected status: {self}");
-        let body = self.json();
+        let body = self.expect_envelope();
         assert_eq!(body["success"], true, "not a success envelope: {self}");
         assert!(
             body.get("error").is_some_and(Value::is_null),
@@ -176,7 +187,7 @@ impl Reply {
     #[track_caller]
     pub fn expect_error(&self, status: StatusCode) -> Value {
         assert_eq!(self.status, status, "unexpected status: {self}");
-        let body = self.json();
+        let body = self.expect_envelope();
         assert_eq!(body["success"], false, "not an error envelope: {self}");
         assert!(
             body.get("data").is_some_and(Value::is_null),

@@ -186,7 +186,7 @@ async fn clients_cannot_send_reserved_mc_headers_to_services() {
         [format!("id={id}")],
         "{headers:?}"
     );
-    assert_eq!(values("Mc-Route"), ["/products/{id}"], "{headers:?}");
+    assert_eq!(values("Mc-Route"), ["GET /products/{id}"], "{headers:?}");
     let request_id = reply.header("x-request-id").expect("every reply has an id");
     assert_eq!(
         values("X-Request-ID"),

@@ -1,11 +1,7 @@
 //! Metrics at the gateway: its own, and every instance's for Prometheus.
 //!
-//! - [`record`] measures every request the gateway answers as
-//!   `http.server.request.duration` (seconds, the OpenTelemetry HTTP
-//!   convention) by `http.request.method`, `http.route` (the route
-//!   template, never the raw path, so the label set stays bounded) and
-//!   `http.response.status_code`. A request that matches no route has no
-//!   `http.route`.
+//! - [`requests`] measures every request the gateway answers as
+//!   `http.server.request.duration`.
 //! - `GET /metrics` serves the gateway's own metrics as Prometheus text.
 //! - `GET /system/metrics/{service}/{instance}` serves one service
 //!   instance's, asked over its system endpoint: Prometheus scrapes every
@@ -21,88 +17,26 @@
 //!       - url: http://gateway:8080/system/metrics/targets
 //! ```
 
+mod requests;
+
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::uri::Authority;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http::{HeaderMap, StatusCode, Uri, header};
 use microcore::telemetry::Metrics;
-use microcore::telemetry::metrics::{PROMETHEUS_CONTENT_TYPE, duration_histogram};
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::Histogram;
+use microcore::telemetry::metrics::PROMETHEUS_CONTENT_TYPE;
 use serde::Serialize;
 use shared_schemas::system::View;
 
 use crate::envelope;
 use crate::instances::{self, ReportError};
-use crate::proxy::{ForwardedRoute, Proxy};
+use crate::proxy::Proxy;
 
-/// `http.server.request.duration` of the gateway.
-#[derive(Clone)]
-pub struct HttpServerMetrics {
-    duration: Histogram<f64>,
-}
-
-impl HttpServerMetrics {
-    pub fn new(metrics: &Metrics) -> Self {
-        Self {
-            duration: duration_histogram(
-                metrics.meter(),
-                "http.server.request.duration",
-                "Duration of HTTP server requests",
-            ),
-        }
-    }
-}
-
-/// The middleware measuring each request.
-pub async fn record(
-    State(metrics): State<HttpServerMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = method_attribute(request.method());
-    let own_route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    // A forwarded request's route is the service's template; the
-    // gateway's own routes are matched by axum.
-    let route = match response.extensions().get::<ForwardedRoute>() {
-        Some(forwarded) => Some(forwarded.0.route.clone()),
-        None => own_route.map(|m| m.as_str().to_owned()),
-    };
-    let status = KeyValue::new(
-        "http.response.status_code",
-        i64::from(response.status().as_u16()),
-    );
-    let method = KeyValue::new("http.request.method", method);
-    let elapsed = started.elapsed().as_secs_f64();
-    match route {
-        Some(route) => metrics.duration.record(
-            elapsed,
-            &[method, KeyValue::new("http.route", route), status],
-        ),
-        None => metrics.duration.record(elapsed, &[method, status]),
-    }
-    response
-}
-
-/// The method as the convention names it: one of the standard methods,
-/// or `_OTHER`, so that a client cannot grow the label set at will.
-fn method_attribute(method: &Method) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN
-        .into_iter()
-        .find(|known| *known == method.as_str())
-        .unwrap_or("_OTHER")
-}
+pub use requests::RequestMetricsLayer;
 
 /// `GET /metrics`, with the gateway's metrics as its state.
 pub fn own_metrics_router<S: Clone + Send + Sync + 'static>(metrics: Metrics) -> Router<S> {
@@ -227,14 +161,6 @@ fn gateway_address(uri: &Uri, headers: &HeaderMap) -> Option<Authority> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_attribute(&Method::PATCH), "PATCH");
-        assert_eq!(method_attribute(&Method::GET), "GET");
-        let custom = Method::from_bytes(b"PURGE").unwrap();
-        assert_eq!(method_attribute(&custom), "_OTHER");
-    }
 
     #[test]
     fn the_scrape_address_is_the_one_the_client_used() {

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderMap;
 use shared_schemas::Subjects;
 use shared_schemas::discovery::{EndpointInfo, meta};
 use shared_schemas::system::{InstanceReport, ToolHealth, VIEW, View};
@@ -50,16 +50,8 @@ impl SystemEndpoint {
     pub async fn serve(&self, incoming: Incoming) {
         let report = self.report(&incoming.message.headers).await;
         let body = serde_json::to_vec(&report).unwrap_or_default();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            shared_schemas::http::STATUS,
-            HeaderValue::from_static("200"),
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Err(e) = incoming.respond(Message::new(headers, body)).await {
+        // A 200 with a JSON body: the reply needs no headers.
+        if let Err(e) = incoming.respond(Message::new(HeaderMap::new(), body)).await {
             tracing::debug!(error = %e, "could not answer a system request");
         }
     }
@@ -139,6 +131,8 @@ fn tool_health(tool: &str, health: Health) -> ToolHealth {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
     use crate::telemetry::InstanceIdentity;
     use crate::tools::Tool;

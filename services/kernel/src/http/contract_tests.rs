@@ -107,13 +107,8 @@ async fn call_measured(
     )
     .await;
     let reply = rx.await.unwrap();
-    let status = reply.headers[wire::STATUS]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     (
-        StatusCode::from_u16(status).unwrap(),
+        wire::reply_status(&reply.headers).expect("a readable status"),
         serde_json::from_slice(&reply.body).unwrap(),
     )
 }

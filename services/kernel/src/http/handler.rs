@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use shared_schemas::auth::Claims;
@@ -57,9 +57,7 @@ impl RouteMetrics {
     }
 
     fn record(&self, started: Instant, reply: &Message) {
-        let status = text(&reply.headers, wire::STATUS)
-            .and_then(|s| s.parse::<i64>().ok())
-            .unwrap_or(0);
+        let status = wire::reply_status(&reply.headers).map_or(0, |s| i64::from(s.as_u16()));
         let [method, route, plugin] = &*self.attributes;
         self.duration.record(
             started.elapsed().as_secs_f64(),
@@ -195,11 +193,12 @@ fn envelope(status: StatusCode, body: &ApiResponse<()>, headers: HeaderMap) -> M
     reply(status, headers, body.into())
 }
 
+/// The wire leaves out what the gateway assumes: a `200 OK` status and a
+/// JSON body, so that the common reply carries no headers at all.
 fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Message {
-    headers.insert(wire::STATUS, HeaderValue::from(status.as_u16()));
-    headers
-        .entry(header::CONTENT_TYPE)
-        .or_insert(HeaderValue::from_static("application/json"));
+    if status != StatusCode::OK {
+        headers.insert(wire::STATUS, HeaderValue::from(status.as_u16()));
+    }
     Message { headers, body }
 }
 

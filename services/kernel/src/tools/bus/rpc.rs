@@ -273,12 +273,13 @@ async fn answer(responder: &Responder, metrics: &ResponderMetrics, incoming: Inc
         Err(e) => ApiResponse::error(format!("invalid request envelope: {e}")),
     };
     metrics.record(started, reply.success);
-    let status = if reply.success { "200" } else { "400" };
     let mut headers = HeaderMap::new();
-    headers.insert(
-        shared_schemas::http::STATUS,
-        HeaderValue::from_static(status),
-    );
+    if !reply.success {
+        headers.insert(
+            shared_schemas::http::STATUS,
+            HeaderValue::from_static("400"),
+        );
+    }
     let body = serde_json::to_vec(&reply).unwrap_or_default();
     if let Err(e) = incoming.respond(Message::new(headers, body)).await {
         tracing::warn!(request = %responder.name, error = %e, "could not send a reply");
