@@ -20,10 +20,11 @@
 //! per statement, a four-word summary and, for a longer statement, a copy
 //! of its text; the layer reads both without copying them (unless a span
 //! is recorded), looks up the instance in the span tree and records one
-//! histogram value, allocating only the table name. That is a few hundred
-//! nanoseconds against a database round trip of tens of microseconds at
-//! the very least. The log layer still filters these events out (`sqlx=warn`
-//! by default), so they do not reach the logs.
+//! histogram value, allocating only the table name. That is some 8k
+//! instructions per statement in all (about 3 µs, a third of it sqlx's),
+//! against a database round trip of tens of microseconds at the very
+//! least. The log layer still filters these events out (`sqlx=warn` by
+//! default), so they do not reach the logs.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
