@@ -236,3 +236,59 @@ pub async fn openapi(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     let document: Bytes = proxy.routes.load().openapi.clone();
     ([(header::CONTENT_TYPE, "application/json")], document)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            service: "products".into(),
+            subject: "mc.http.products.get".into(),
+            route: "/products/{id}".into(),
+            wire_route: HeaderValue::from_static("GET /products/{id}"),
+            timeout: Duration::from_secs(1),
+            auth: false,
+        }
+    }
+
+    fn reply(headers: &[(&'static str, &'static str)]) -> Response {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        into_response(Message::new(map, "{}"), &target())
+    }
+
+    #[test]
+    fn a_reply_without_headers_is_a_json_200() {
+        let response = reply(&[]);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn the_reply_status_and_headers_reach_the_client_but_not_the_metadata() {
+        let response = reply(&[
+            ("mc-status", "201"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let headers = response.headers();
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(headers.get_all(header::SET_COOKIE).iter().count(), 2);
+        assert!(!headers.contains_key(wire::STATUS), "{headers:?}");
+    }
+
+    #[test]
+    fn an_unreadable_status_is_a_bad_gateway() {
+        assert_eq!(
+            reply(&[("mc-status", "fine")]).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+}
