@@ -16,7 +16,6 @@ use microcore::tools::Auth;
 use microcore::transport::{Message, RequestError, Transport};
 use percent_encoding::percent_decode_str;
 use shared_schemas::http as wire;
-use tracing::Instrument;
 
 use crate::auth;
 use crate::discovery::Shared;
@@ -61,7 +60,7 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     };
 
     // The server span of the trace; the service's handler continues it.
-    let span = microcore::telemetry::continue_trace(&parts.headers, || {
+    let trace = microcore::telemetry::continue_trace(&parts.headers, || {
         tracing::info_span!(
             "http request",
             otel.name = %format_args!("{} {}", parts.method, target.route),
@@ -74,8 +73,9 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
             span_id = tracing::field::Empty,
         )
     });
-    let mut response = relay(&proxy, &parts, body, target, params)
-        .instrument(span.clone())
+    let span = trace.span.clone();
+    let mut response = trace
+        .instrument(relay(&proxy, &parts, body, target, params))
         .await;
     response
         .extensions_mut()

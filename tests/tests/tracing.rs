@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use microcore_e2e::otlp::{Collector, Span};
-use microcore_e2e::{HttpClient, ServiceInstance, System};
+use microcore_e2e::{HttpClient, ServiceInstance, System, wait};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -267,15 +268,7 @@ async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
     let http = system.http();
     let token = http.sign_up("lin@example.com", "correct horse").await.token;
     let urn = new_product(http, "Urn", 5).await;
-    let order = |trace_id: &str, flags: &str| {
-        http.request(Method::POST, "/orders")
-            .bearer_auth(&token)
-            .header(
-                "traceparent",
-                format!("00-{trace_id}-b7ad6b7169203331-{flags}"),
-            )
-            .json(&json!({"lines": [{"product_id": urn, "quantity": 1}]}))
-    };
+    let order = |trace_id: &str, flags: &str| order_in_trace(http, &token, &urn, trace_id, flags);
 
     // The client does not sample this one: no process records it, yet its
     // id goes through the gateway, the orders handler, the outbox and the
@@ -288,12 +281,91 @@ async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
     let processed = logged_span(&system, services[0].process(), consumer).await;
     assert_eq!(processed["trace_id"], unsampled, "{processed}");
 
-    // A sampled order after it: once its last span has arrived, any span
-    // the first one had produced would have arrived before.
     let sampled = "f9c32d7f0a29c4224274e6b7294b5c1e";
     http.send(order(sampled, "01"))
         .await
         .expect_success(StatusCode::CREATED);
+    expect_nothing_recorded_of(&system, &collector, unsampled, sampled).await;
+}
+
+#[tokio::test]
+async fn an_unsampled_trace_is_carried_on_where_no_span_is_built() {
+    let collector = Collector::start().await;
+    // At `warn` no log line shows a span, so no process builds one for an
+    // unsampled request: its context travels without any.
+    let (system, _services) = traced_shop(&collector, "warn").await;
+    let http = system.http();
+    let token = http.sign_up("kim@example.com", "correct horse").await.token;
+    let vase = new_product(http, "Vase", 5).await;
+    let mut placed = system
+        .subscribe(&system.subject("events.order.placed"))
+        .await;
+    let mut reserved = system
+        .subscribe(&system.subject("events.stock.reserved"))
+        .await;
+
+    // The orders handler publishes `order.placed` (through its outbox);
+    // the catalogue's consumer of it publishes `stock.reserved`.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    http.send(order_in_trace(http, &token, &vase, unsampled, "00"))
+        .await
+        .expect_success(StatusCode::CREATED);
+    for (event, subscription) in [
+        ("order.placed", &mut placed),
+        ("stock.reserved", &mut reserved),
+    ] {
+        let message = match tokio::time::timeout(wait::PROMPT, subscription.next()).await {
+            Ok(Some(message)) => message,
+            _ => system.fail(format!("no {event} arrived")),
+        };
+        let traceparent = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        assert!(
+            traceparent.starts_with(&format!("00-{unsampled}-")) && traceparent.ends_with("-00"),
+            "{event} carries {traceparent:?}"
+        );
+    }
+
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    http.send(order_in_trace(http, &token, &vase, sampled, "01"))
+        .await
+        .expect_success(StatusCode::CREATED);
+    expect_nothing_recorded_of(&system, &collector, unsampled, sampled).await;
+}
+
+/// `POST /orders` of one `product` in the trace `trace_id`, sampled or not
+/// as `flags` says.
+fn order_in_trace(
+    http: &HttpClient,
+    token: &str,
+    product: &serde_json::Value,
+    trace_id: &str,
+    flags: &str,
+) -> reqwest::RequestBuilder {
+    http.request(Method::POST, "/orders")
+        .bearer_auth(token)
+        .header(
+            "traceparent",
+            format!("00-{trace_id}-b7ad6b7169203331-{flags}"),
+        )
+        .json(&json!({"lines": [{"product_id": product, "quantity": 1}]}))
+}
+
+/// Waits for the spans of the order placed in `sampled`, after the one in
+/// `unsampled` (any span the first had produced would have arrived
+/// before), then checks that the first left none: none in its trace, and
+/// no trace started inside it (every span outside the gateway has a
+/// parent, since every request enters through the gateway).
+async fn expect_nothing_recorded_of(
+    system: &System,
+    collector: &Collector,
+    unsampled: &str,
+    sampled: &str,
+) {
     system
         .wait_for(
             "the sampled order's spans",
@@ -311,14 +383,16 @@ async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
             },
         )
         .await;
-    let recorded: Vec<(String, String)> = collector
+    let stray: Vec<(String, String, String)> = collector
         .spans()
         .into_iter()
-        .filter(|s| s.trace_id == unsampled)
-        .map(|s| (s.service, s.name))
+        .filter(|s| {
+            s.trace_id == unsampled || (s.service != "gateway" && s.parent_span_id.is_empty())
+        })
+        .map(|s| (s.service, s.name, s.trace_id))
         .collect();
     assert!(
-        recorded.is_empty(),
-        "spans of an unsampled trace: {recorded:?}"
+        stray.is_empty(),
+        "spans of an unsampled trace, or of traces it started: {stray:?}"
     );
 }

@@ -15,7 +15,6 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use shared_schemas::auth::Claims;
 use shared_schemas::{ApiResponse, http as wire};
-use tracing::Instrument;
 
 use super::{Context, HandlerError, RequestData, Route};
 use crate::causality::{self, Cause};
@@ -113,7 +112,7 @@ async fn answer(route: &Route, request: Message) -> Message {
         None
     };
     // The gateway's span is the parent: one trace from the client on.
-    let span = crate::telemetry::continue_trace(&headers, || {
+    let trace = crate::telemetry::continue_trace(&headers, || {
         tracing::info_span!(
             "request",
             otel.name = %format_args!("{} {}", route.method, route.path),
@@ -127,6 +126,7 @@ async fn answer(route: &Route, request: Message) -> Message {
             span_id = tracing::field::Empty,
         )
     });
+    let span = trace.span.clone();
     let ctx = Context::new(request_id.clone(), user, headers);
     let future = match (route.handler)(&data, ctx.clone()) {
         Ok(future) => future,
@@ -140,8 +140,8 @@ async fn answer(route: &Route, request: Message) -> Message {
         Cause::request(&request_id),
         AssertUnwindSafe(future).catch_unwind(),
     );
-    let outcome = tokio::time::timeout(route.timeout, run)
-        .instrument(span.clone())
+    let outcome = trace
+        .instrument(tokio::time::timeout(route.timeout, run))
         .await;
     let parts = ctx.take_reply();
     let _entered = span.enter();

@@ -34,7 +34,9 @@ mod sql;
 pub use metrics::{InstanceIdentity, Metrics, MetricsError};
 pub(crate) use sql::{DbMetrics, record_statements};
 
+use std::future::Future;
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use http::HeaderMap;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
@@ -42,6 +44,7 @@ use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -53,6 +56,18 @@ pub use log_stream::forward_logs;
 
 /// The log filter when `RUST_LOG` is unset or unreadable.
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// The most verbose level `RUST_LOG` lets the logs show (`None`: no
+/// bound is known), read once by [`init`].
+static LOGS_MAX_LEVEL: OnceLock<Option<LevelFilter>> = OnceLock::new();
+
+/// Whether the logs may show a span at `INFO`, the level of the spans that
+/// messages are handled in.
+fn logs_may_show_info_spans() -> bool {
+    LOGS_MAX_LEVEL
+        .get()
+        .is_none_or(|max| max.is_none_or(|max| max >= LevelFilter::INFO))
+}
 
 /// The target of a service instance's span ([`log_context`]): the span
 /// its SQL statements are counted under, traced or not.
@@ -159,6 +174,7 @@ pub fn init(service: &str) -> Telemetry {
     // exported, every span and event at `INFO` and above. Untraced, a
     // request's span costs only what `RUST_LOG` asks of it.
     let exporting = traces.is_some();
+    let _ = LOGS_MAX_LEVEL.set(log_filter.max_level_hint());
     let forwarding = log_stream::Forwarding::new(service);
     let logs = logs
         .and_then(log_stream::LogForwarding::new(forwarding.clone()))
@@ -246,10 +262,12 @@ fn tracer_provider(
 }
 
 /// Writes the trace context of `span` into `headers` (`traceparent`,
-/// `tracestate`), replacing any there; for a span of an unsampled trace,
-/// the context it carries on.
+/// `tracestate`), replacing any there; inside an unsampled trace (see
+/// [`Trace::instrument`]), or for a span of one, the context it carries
+/// on.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = match sampling::carried_context(span) {
+    let carried = sampling::carried().or_else(|| sampling::carried_context(span));
+    let context = match carried {
         Some(carried) => opentelemetry::Context::new().with_remote_span_context(carried),
         None => span.context(),
     };
@@ -304,29 +322,55 @@ pub(crate) fn log_context(make_span: impl FnOnce() -> tracing::Span) -> tracing:
     )
 }
 
+/// The handling of one message in its trace: the span it runs in and, for
+/// an unsampled trace, the context its messages carry on.
+pub struct Trace {
+    /// Recorded when the trace is; built for the logs alone when it is
+    /// not (disabled when they do not show it).
+    pub span: tracing::Span,
+    unrecorded: Option<opentelemetry::trace::SpanContext>,
+}
+
+impl Trace {
+    /// Runs `future` in the trace: inside its span, and with what
+    /// [`inject`] writes for an unsampled trace.
+    pub fn instrument<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        sampling::carry(self.unrecorded, future.instrument(self.span))
+    }
+}
+
 /// Creates, with `make_span`, the span of handling a message whose
 /// `headers` carry (or not) a trace context: the span continues that trace
 /// or starts one, and is recorded only when the sampler says so, decided
 /// before the span is built. Records the span's `trace_id` and `span_id`
 /// fields, where it declares them, so that its log lines name their trace
-/// (an unsampled one has a trace id but no span id).
-pub fn continue_trace(
-    headers: &HeaderMap,
-    make_span: impl FnOnce() -> tracing::Span,
-) -> tracing::Span {
+/// (an unsampled one has a trace id but no span id). Run the handling
+/// with [`Trace::instrument`].
+pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::Span) -> Trace {
     let extract = || {
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(headers))
         })
     };
-    match sampling::decide(extract) {
+    let span = match sampling::decide(extract) {
         sampling::Decision::Off => make_span(),
+        // No layer records the span of an unsampled trace: unless the logs
+        // may show it, none is built, and its context goes on without one.
+        sampling::Decision::Skip(carried) if !logs_may_show_info_spans() => {
+            return Trace {
+                span: tracing::Span::none(),
+                unrecorded: Some(carried),
+            };
+        }
         sampling::Decision::Skip(carried) => {
             let trace_id = carried.trace_id();
-            let span = sampling::entry(Some(carried), make_span);
+            let span = sampling::entry(Some(carried.clone()), make_span);
             // Formatted only by a layer that shows it.
             span.record("trace_id", tracing::field::display(trace_id));
-            span
+            return Trace {
+                span,
+                unrecorded: Some(carried),
+            };
         }
         sampling::Decision::Record { parent, new_trace } => {
             let span = sampling::entry(None, make_span);
@@ -343,6 +387,10 @@ pub fn continue_trace(
             }
             span
         }
+    };
+    Trace {
+        span,
+        unrecorded: None,
     }
 }
 

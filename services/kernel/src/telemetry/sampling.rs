@@ -13,20 +13,25 @@
 //!   layer as before. A new trace keeps the trace id it was decided with
 //!   ([`DecidedIds`]), so the SDK, asking the same sampler about the same
 //!   trace, agrees.
-//! - **not recorded**: [`Recorded`] keeps the span and the spans under it
-//!   from that layer and marks them with the context they carry on
-//!   ([`Unrecorded`]): the same trace id, flagged unsampled, goes on in the
-//!   headers of every request and event they send
-//!   ([`inject`](super::inject)). The next process then decides the same
-//!   without building a span, and the log lines of one request name one trace id in
-//!   every service.
+//! - **not recorded**: the context the trace carries on (the same trace
+//!   id, flagged unsampled) lives in a task-local around the handling of
+//!   the message ([`carry`]): [`inject`](super::inject) writes it into
+//!   every request and event sent from there, and the next process
+//!   decides the same from that header alone. The entry span is built
+//!   only when the logs may show it (`RUST_LOG`), with the trace id for
+//!   its log lines, so that the log lines of one request name one trace id
+//!   in every service; [`Recorded`] then keeps it and the spans under it
+//!   from the OpenTelemetry layer, marked with the context they carry on
+//!   ([`Unrecorded`]).
 //!
 //! The decision reaches the layer through a thread-local that holds it
 //! only while the entry span is created, on the creating thread ([`entry`]);
-//! spans created anywhere else inherit from their parent.
+//! spans created anywhere else inherit from their parent (under an
+//! instance's span, from [`log_context`](super::log_context): no trace).
 
 use std::any::TypeId;
 use std::cell::Cell;
+use std::future::Future;
 use std::sync::OnceLock;
 
 use opentelemetry::trace::{
@@ -42,6 +47,13 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// The process's sampler, set once spans are exported.
 static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
+
+tokio::task_local! {
+    /// The context an unsampled trace carries on, around the handling of
+    /// the message that brought it ([`carry`]); `None` inside a recorded
+    /// one.
+    static CARRIED: Option<SpanContext>;
+}
 
 thread_local! {
     /// What [`entry`] decided for the span it is creating on this thread.
@@ -128,6 +140,20 @@ pub(super) fn entry(
     // Taken by the layer; cleared in case no layer saw the span.
     ENTRY.set(None);
     span
+}
+
+/// Runs `future` with `unrecorded`, the context of an unsampled trace, as
+/// what the messages it sends carry on; `None` for a recorded trace.
+pub(super) fn carry<F: Future>(
+    unrecorded: Option<SpanContext>,
+    future: F,
+) -> impl Future<Output = F::Output> {
+    CARRIED.scope(unrecorded, future)
+}
+
+/// The context of the unsampled trace the current task handles, if any.
+pub(super) fn carried() -> Option<SpanContext> {
+    CARRIED.try_with(Clone::clone).ok().flatten()
 }
 
 /// Runs `start` (which starts a root span) so that, when `trace_id` is

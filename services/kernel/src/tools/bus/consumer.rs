@@ -149,7 +149,7 @@ impl Worker {
     /// Handles one delivery in a consumer span, a child of the span that
     /// published the event: the trace goes on across services.
     async fn handle(&self, delivery: Delivery, envelope: EventEnvelope) {
-        let span = crate::telemetry::continue_trace(&delivery.message.headers, || {
+        let trace = crate::telemetry::continue_trace(&delivery.message.headers, || {
             tracing::info_span!(
                 "process",
                 otel.name = %format_args!("process {}", envelope.event),
@@ -163,7 +163,7 @@ impl Worker {
                 span_id = tracing::field::Empty,
             )
         });
-        self.settle(delivery, envelope).instrument(span).await;
+        trace.instrument(self.settle(delivery, envelope)).await;
     }
 
     /// Runs the handler, then acks, retries or dead-letters the delivery.

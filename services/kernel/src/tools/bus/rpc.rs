@@ -251,7 +251,7 @@ impl ResponderMetrics {
 /// Answers one request with `responder`, in a server span continuing the
 /// caller's trace, and measures it.
 pub(crate) async fn serve(responder: &Responder, metrics: &ResponderMetrics, incoming: Incoming) {
-    let span = crate::telemetry::continue_trace(&incoming.message.headers, || {
+    let trace = crate::telemetry::continue_trace(&incoming.message.headers, || {
         tracing::info_span!(
             "respond",
             otel.name = %format_args!("respond {}", responder.name),
@@ -263,7 +263,7 @@ pub(crate) async fn serve(responder: &Responder, metrics: &ResponderMetrics, inc
             span_id = tracing::field::Empty,
         )
     });
-    answer(responder, metrics, incoming).instrument(span).await;
+    trace.instrument(answer(responder, metrics, incoming)).await;
 }
 
 async fn answer(responder: &Responder, metrics: &ResponderMetrics, incoming: Incoming) {
