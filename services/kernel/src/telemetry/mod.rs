@@ -30,6 +30,7 @@ mod log_stream;
 pub mod metrics;
 mod sampling;
 mod sql;
+mod trace_context;
 
 pub use metrics::{InstanceIdentity, Metrics, MetricsError};
 pub(crate) use sql::{DbMetrics, record_statements};
@@ -40,7 +41,6 @@ use std::sync::OnceLock;
 
 use http::HeaderMap;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -271,6 +271,10 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
         Some(carried) => opentelemetry::Context::new().with_remote_span_context(carried),
         None => span.context(),
     };
+    if let Some(traceparent) = trace_context::traceparent(context.span().span_context()) {
+        headers.insert(trace_context::TRACEPARENT, traceparent);
+        return;
+    }
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut TraceHeaders(headers));
     });
@@ -347,12 +351,7 @@ impl Trace {
 /// (an unsampled one has a trace id but no span id). Run the handling
 /// with [`Trace::instrument`].
 pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::Span) -> Trace {
-    let extract = || {
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(headers))
-        })
-    };
-    let span = match sampling::decide(extract) {
+    let span = match sampling::decide(|| trace_context::extract(headers)) {
         sampling::Decision::Off => make_span(),
         // No layer records the span of an unsampled trace: unless the logs
         // may show it, none is built, and its context goes on without one.
@@ -397,6 +396,7 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
 #[cfg(test)]
 mod tests {
     use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry_http::HeaderExtractor;
 
     use super::*;
 

@@ -1,0 +1,161 @@
+//! The W3C `traceparent` header on the hot path. While traces are
+//! exported, every message a process sends or takes carries one, sampled
+//! or not, and the SDK's propagator writes it with `format!` and reads it
+//! by splitting it into a `Vec`: some 3k instructions each way, most of
+//! what an unsampled request costs. The common header, version `00` in
+//! its canonical 55 bytes and no `tracestate`, is written and read here
+//! directly; anything else goes to the SDK's propagator, whose semantics
+//! these are.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// `00-` trace id `-` span id `-` flags.
+const CANONICAL_LEN: usize = 55;
+
+/// The trace context `headers` carry; an empty context when they carry
+/// none or an invalid one.
+pub(super) fn extract(headers: &HeaderMap) -> opentelemetry::Context {
+    let Some(traceparent) = headers.get(TRACEPARENT) else {
+        return opentelemetry::Context::new();
+    };
+    match parse_canonical(traceparent.as_bytes()) {
+        Some(context) if !headers.contains_key(TRACESTATE) => {
+            opentelemetry::Context::new().with_remote_span_context(context)
+        }
+        _ => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
+    }
+}
+
+/// The `traceparent` of `context`, when it is valid and carries no trace
+/// state (which needs the propagator's `tracestate`).
+pub(super) fn traceparent(context: &SpanContext) -> Option<HeaderValue> {
+    if !context.is_valid() || *context.trace_state() != TraceState::default() {
+        return None;
+    }
+    let mut text = [0u8; CANONICAL_LEN];
+    text[..3].copy_from_slice(b"00-");
+    hex::encode_to_slice(context.trace_id().to_bytes(), &mut text[3..35]).ok()?;
+    text[35] = b'-';
+    hex::encode_to_slice(context.span_id().to_bytes(), &mut text[36..52]).ok()?;
+    text[52] = b'-';
+    let flags = context.trace_flags() & TraceFlags::SAMPLED;
+    hex::encode_to_slice([flags.to_u8()], &mut text[53..]).ok()?;
+    HeaderValue::from_bytes(&text).ok()
+}
+
+/// A canonical version-00 `traceparent` (lower case, valid ids); `None`
+/// for anything else.
+fn parse_canonical(text: &[u8]) -> Option<SpanContext> {
+    if text.len() != CANONICAL_LEN
+        || !text.starts_with(b"00-")
+        || text[35] != b'-'
+        || text[52] != b'-'
+        || text.iter().any(u8::is_ascii_uppercase)
+    {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    hex::decode_to_slice(&text[3..35], &mut trace_id).ok()?;
+    let mut span_id = [0u8; 8];
+    hex::decode_to_slice(&text[36..52], &mut span_id).ok()?;
+    let mut flags = [0u8; 1];
+    hex::decode_to_slice(&text[53..], &mut flags).ok()?;
+    let context = SpanContext::new(
+        TraceId::from_bytes(trace_id),
+        SpanId::from_bytes(span_id),
+        TraceFlags::new(flags[0]) & TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry_http::HeaderInjector;
+
+    use super::*;
+
+    fn headers(traceparent: &str, tracestate: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_str(traceparent).unwrap());
+        if let Some(state) = tracestate {
+            headers.insert(TRACESTATE, HeaderValue::from_str(state).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn headers_read_as_the_propagator_reads_them() {
+        let sdk = TraceContextPropagator::new();
+        let cases = [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-XYZxsf09",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ];
+        for traceparent in cases {
+            for tracestate in [None, Some("foo=bar")] {
+                let headers = headers(traceparent, tracestate);
+                let ours = extract(&headers);
+                let theirs = sdk.extract(&HeaderExtractor(&headers));
+                assert_eq!(
+                    ours.span().span_context(),
+                    theirs.span().span_context(),
+                    "{traceparent:?} with {tracestate:?}"
+                );
+            }
+        }
+        assert!(!extract(&HeaderMap::new()).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn the_header_is_the_one_the_propagator_writes() {
+        let sdk = TraceContextPropagator::new();
+        for flags in [
+            TraceFlags::default(),
+            TraceFlags::SAMPLED,
+            TraceFlags::new(0x09),
+        ] {
+            let context = SpanContext::new(
+                TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+                SpanId::from(0x00f0_67aa_0ba9_02b7),
+                flags,
+                true,
+                TraceState::default(),
+            );
+            let mut written = HeaderMap::new();
+            let remote = opentelemetry::Context::new().with_remote_span_context(context.clone());
+            sdk.inject_context(&remote, &mut HeaderInjector(&mut written));
+            assert_eq!(traceparent(&context).as_ref(), written.get(TRACEPARENT));
+        }
+        assert_eq!(traceparent(&SpanContext::empty_context()), None);
+        let with_state = SpanContext::new(
+            TraceId::from(1),
+            SpanId::from(1),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("foo", "bar")]).unwrap(),
+        );
+        assert_eq!(traceparent(&with_state), None, "left to the propagator");
+    }
+}
