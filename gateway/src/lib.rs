@@ -42,9 +42,7 @@ use shared_schemas::Subjects;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::GatewayConfig;
 
@@ -142,7 +140,7 @@ impl Gateway {
                 // else runs and echoed on every answer, a panic's 500 too.
                 ServiceBuilder::new()
                     .map_request(drop_unusable_request_id)
-                    .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                     .layer(PropagateRequestIdLayer::x_request_id())
                     .layer(CatchPanicLayer::custom(|_| {
                         tracing::error!("gateway handler panicked");
@@ -175,19 +173,6 @@ impl Gateway {
         self.metrics.shutdown().await;
         self.trace_collector.abort();
         result
-    }
-}
-
-/// A fresh UUID v4 for a request that brings no usable id, encoded
-/// straight into its header value (no formatter on every request).
-#[derive(Clone, Copy)]
-struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 

@@ -266,40 +266,9 @@ fn tracer_provider(
 /// [`Trace::instrument`]), or for a span of one, the context it carries
 /// on.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let carried = sampling::carried().or_else(|| sampling::carried_context(span));
-    let context = match carried {
-        Some(carried) => opentelemetry::Context::new().with_remote_span_context(carried),
-        None => span.context(),
-    };
-    if let Some(traceparent) = trace_context::traceparent(context.span().span_context()) {
-        headers.insert(trace_context::TRACEPARENT, traceparent);
-        return;
-    }
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut TraceHeaders(headers));
-    });
-}
-
-/// The headers a propagator writes into. Unlike `HeaderInjector`, it
-/// leaves out an empty value: the W3C propagator writes `tracestate` even
-/// when there is none, one more header to carry on every message.
-struct TraceHeaders<'a>(&'a mut HeaderMap);
-
-impl opentelemetry::propagation::Injector for TraceHeaders<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if value.is_empty() {
-            return;
-        }
-        let name = match key {
-            "traceparent" => http::HeaderName::from_static("traceparent"),
-            _ => match http::HeaderName::from_bytes(key.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return,
-            },
-        };
-        if let Ok(value) = http::HeaderValue::try_from(value) {
-            self.0.insert(name, value);
-        }
+    match sampling::carried().or_else(|| sampling::carried_context(span)) {
+        Some(carried) => trace_context::inject(&carried, headers),
+        None => trace_context::inject(span.context().span().span_context(), headers),
     }
 }
 
@@ -351,25 +320,19 @@ impl Trace {
 /// (an unsampled one has a trace id but no span id). Run the handling
 /// with [`Trace::instrument`].
 pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::Span) -> Trace {
-    let span = match sampling::decide(|| trace_context::extract(headers)) {
-        sampling::Decision::Off => make_span(),
+    let (span, unrecorded) = match sampling::decide(|| trace_context::extract(headers)) {
+        sampling::Decision::Off => (make_span(), None),
         // No layer records the span of an unsampled trace: unless the logs
         // may show it, none is built, and its context goes on without one.
         sampling::Decision::Skip(carried) if !logs_may_show_info_spans() => {
-            return Trace {
-                span: tracing::Span::none(),
-                unrecorded: Some(carried),
-            };
+            (tracing::Span::none(), Some(carried))
         }
         sampling::Decision::Skip(carried) => {
             let trace_id = carried.trace_id();
             let span = sampling::entry(Some(carried.clone()), make_span);
             // Formatted only by a layer that shows it.
             span.record("trace_id", tracing::field::display(trace_id));
-            return Trace {
-                span,
-                unrecorded: Some(carried),
-            };
+            (span, Some(carried))
         }
         sampling::Decision::Record { parent, new_trace } => {
             let span = sampling::entry(None, make_span);
@@ -384,47 +347,8 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
                 span.record("trace_id", tracing::field::display(ids.trace_id()));
                 span.record("span_id", tracing::field::display(ids.span_id()));
             }
-            span
+            (span, None)
         }
     };
-    Trace {
-        span,
-        unrecorded: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry_http::HeaderExtractor;
-
-    use super::*;
-
-    #[test]
-    fn a_traceparent_header_is_read_back_as_the_same_context() {
-        let propagator = TraceContextPropagator::new();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                .parse()
-                .unwrap(),
-        );
-        let context = propagator.extract(&HeaderExtractor(&headers));
-        let span = context.span();
-        let remote = span.span_context();
-        assert_eq!(
-            remote.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        let mut out = HeaderMap::new();
-        propagator.inject_context(&context, &mut TraceHeaders(&mut out));
-        assert_eq!(out["traceparent"], headers["traceparent"]);
-        assert!(!out.contains_key("tracestate"), "no empty tracestate");
-
-        headers.insert("tracestate", "vendor=opaque".parse().unwrap());
-        let context = propagator.extract(&HeaderExtractor(&headers));
-        propagator.inject_context(&context, &mut TraceHeaders(&mut out));
-        assert_eq!(out["tracestate"], "vendor=opaque");
-    }
+    Trace { span, unrecorded }
 }

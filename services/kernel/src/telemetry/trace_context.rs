@@ -15,7 +15,7 @@ use opentelemetry::trace::{
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// `00-` trace id `-` span id `-` flags.
@@ -35,9 +35,39 @@ pub(super) fn extract(headers: &HeaderMap) -> opentelemetry::Context {
     }
 }
 
+/// Writes `context` into `headers` (`traceparent`, and `tracestate` when
+/// it has one), replacing any there; nothing for an invalid context.
+pub(super) fn inject(context: &SpanContext, headers: &mut HeaderMap) {
+    if let Some(traceparent) = traceparent(context) {
+        headers.insert(TRACEPARENT, traceparent);
+        return;
+    }
+    let context = opentelemetry::Context::new().with_remote_span_context(context.clone());
+    TraceContextPropagator::new().inject_context(&context, &mut TraceHeaders(headers));
+}
+
+/// The headers the propagator writes into. Unlike `HeaderInjector`, it
+/// leaves out an empty value: the W3C propagator writes `tracestate` even
+/// when there is none, one more header to carry on every message.
+struct TraceHeaders<'a>(&'a mut HeaderMap);
+
+impl opentelemetry::propagation::Injector for TraceHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 /// The `traceparent` of `context`, when it is valid and carries no trace
 /// state (which needs the propagator's `tracestate`).
-pub(super) fn traceparent(context: &SpanContext) -> Option<HeaderValue> {
+fn traceparent(context: &SpanContext) -> Option<HeaderValue> {
     if !context.is_valid() || *context.trace_state() != TraceState::default() {
         return None;
     }
@@ -126,6 +156,30 @@ mod tests {
             }
         }
         assert!(!extract(&HeaderMap::new()).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn a_traceparent_header_is_read_back_as_the_same_context() {
+        let mut headers = headers(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            None,
+        );
+        let context = extract(&headers);
+        let span = context.span();
+        let remote = span.span_context();
+        assert_eq!(
+            remote.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let mut out = HeaderMap::new();
+        inject(remote, &mut out);
+        assert_eq!(out["traceparent"], headers["traceparent"]);
+        assert!(!out.contains_key("tracestate"), "no empty tracestate");
+
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=opaque"));
+        let context = extract(&headers);
+        inject(context.span().span_context(), &mut out);
+        assert_eq!(out["tracestate"], "vendor=opaque");
     }
 
     #[test]
