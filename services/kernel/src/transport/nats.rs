@@ -375,3 +375,52 @@ pub(super) fn from_nats(headers: &async_nats::HeaderMap) -> HeaderMap {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn names_and_every_value_cross_both_ways() {
+        let sent = headers(&[
+            ("mc-route", "GET /products/{id}"),
+            ("x-request-id", "r-1"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-custom", "yes"),
+        ]);
+        let wire = to_nats(&sent);
+        assert_eq!(
+            wire.get("mc-route").map(|v| v.as_str()),
+            Some("GET /products/{id}")
+        );
+        let cookies: Vec<_> = wire.get_all("set-cookie").map(|v| v.as_str()).collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(from_nats(&wire), sent);
+    }
+
+    #[test]
+    fn names_from_the_wire_are_read_in_lower_case() {
+        let mut wire = async_nats::HeaderMap::new();
+        wire.insert("mc-status", "404");
+        wire.insert("Mc-Other", "kept");
+        let read = from_nats(&wire);
+        assert_eq!(
+            read.get(shared_schemas::http::STATUS).map(|v| v.as_bytes()),
+            Some(&b"404"[..])
+        );
+        assert_eq!(
+            read.get("mc-other").map(|v| v.as_bytes()),
+            Some(&b"kept"[..])
+        );
+    }
+}
