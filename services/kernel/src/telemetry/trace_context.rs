@@ -38,6 +38,10 @@ pub(super) fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 /// Writes `context` into `headers` (`traceparent`, and `tracestate` when
 /// it has one), replacing any there; nothing for an invalid context.
 pub(super) fn inject(context: &SpanContext, headers: &mut HeaderMap) {
+    // Untraced, nothing to write: the propagator would only find that out.
+    if !context.is_valid() {
+        return;
+    }
     if let Some(traceparent) = traceparent(context) {
         headers.insert(TRACEPARENT, traceparent);
         return;

@@ -6,13 +6,16 @@
 //! already sent this way; draining answers them first, so a rolling
 //! restart loses nothing.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream, SelectAll};
+use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use shared_schemas::discovery::ServiceInfo;
 use tokio::sync::watch;
@@ -116,47 +119,94 @@ const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// and nothing after it is routed here. Under light traffic the allowance
 /// may never fill; once the subscription has been quiet for
 /// [`DRAIN_QUIET`], it is closed outright.
+///
+/// Until the signal, a message costs one poll of the subscription and
+/// one of the signal: nothing is built per message on the request path.
 pub fn drainable(
     subscriber: async_nats::Subscriber,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) -> BoxStream<'static, async_nats::Message> {
-    let state = Drainable {
+    Drainable {
+        serving: Some(Serving {
+            subscriber,
+            received: 0,
+            signal: async move {
+                // A dropped sender drains too.
+                let _ = drain.changed().await;
+            }
+            .boxed(),
+        }),
+        draining: stream::empty().boxed(),
+    }
+    .boxed()
+}
+
+struct Drainable {
+    /// Until the drain signal.
+    serving: Option<Serving>,
+    /// After it: what the subscription still delivers ([`drain`]).
+    draining: BoxStream<'static, async_nats::Message>,
+}
+
+struct Serving {
+    subscriber: async_nats::Subscriber,
+    /// Messages delivered so far, as the server counts them.
+    received: u64,
+    signal: BoxFuture<'static, ()>,
+}
+
+impl Stream for Drainable {
+    type Item = async_nats::Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(serving) = &mut this.serving {
+            if serving.signal.as_mut().poll(cx).is_pending() {
+                let message = ready!(serving.subscriber.poll_next_unpin(cx));
+                serving.received += u64::from(message.is_some());
+                return Poll::Ready(message);
+            }
+            if let Some(Serving {
+                subscriber,
+                received,
+                ..
+            }) = this.serving.take()
+            {
+                this.draining = drain(subscriber, received);
+            }
+        }
+        this.draining.poll_next_unpin(cx)
+    }
+}
+
+/// The rest of a subscription that has delivered `received` messages:
+/// the server stops after [`DRAIN_ALLOWANCE`] more, the client closes it
+/// once it has been quiet for [`DRAIN_QUIET`].
+fn drain(
+    subscriber: async_nats::Subscriber,
+    received: u64,
+) -> BoxStream<'static, async_nats::Message> {
+    let state = Draining {
         subscriber,
-        drain,
-        received: 0,
-        quiet: None,
+        last: Some(received + DRAIN_ALLOWANCE),
+        quiet: Box::pin(tokio::time::sleep(DRAIN_QUIET)),
+        closed: false,
     };
     stream::unfold(state, |mut state| async move {
+        if let Some(last) = state.last.take() {
+            state.subscriber.unsubscribe_after(last).await.ok()?;
+        }
         loop {
-            let draining = state.quiet.is_some();
-            let quiet = async {
-                match &mut state.quiet {
-                    Some(sleep) => sleep.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 message = state.subscriber.next() => {
                     let message = message?;
-                    state.received += 1;
-                    if let Some(sleep) = &mut state.quiet {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + DRAIN_QUIET);
-                    }
+                    state.quiet.as_mut().reset(tokio::time::Instant::now() + DRAIN_QUIET);
                     return Some((message, state));
                 }
-                _ = state.drain.changed(), if !draining => {
-                    let last = state.received + DRAIN_ALLOWANCE;
-                    state.quiet = Some(Box::pin(tokio::time::sleep(DRAIN_QUIET)));
-                    if state.subscriber.unsubscribe_after(last).await.is_err() {
-                        return None;
-                    }
-                }
-                _ = quiet => {
+                () = &mut state.quiet, if !state.closed => {
                     // Buffered messages still come out; then the stream ends.
-                    if state.subscriber.unsubscribe().await.is_err() {
-                        return None;
-                    }
-                    state.quiet = Some(Box::pin(tokio::time::sleep(Duration::MAX / 4)));
+                    state.subscriber.unsubscribe().await.ok()?;
+                    state.closed = true;
                 }
             }
         }
@@ -164,11 +214,12 @@ pub fn drainable(
     .boxed()
 }
 
-struct Drainable {
+struct Draining {
     subscriber: async_nats::Subscriber,
-    drain: watch::Receiver<bool>,
-    received: u64,
-    quiet: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The server's last message, until it has been told.
+    last: Option<u64>,
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    closed: bool,
 }
 
 /// Answers the protocol's verbs for `instance` until drained.

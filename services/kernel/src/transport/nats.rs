@@ -344,34 +344,45 @@ fn incoming(
     Incoming::new(request, responder)
 }
 
-/// Name by name, so that a single value (nearly every header) costs one
-/// insertion rather than a lookup and an insertion.
+/// In one pass: `http` yields the values of a name one after another, so
+/// the first value of a name (nearly every header has one) costs a single
+/// insertion and only a repeated name an append.
 pub(super) fn to_nats(headers: &HeaderMap) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
-    for name in headers.keys() {
-        let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-        let Some(first) = values.next() else {
+    let mut previous: Option<&HeaderName> = None;
+    for (name, value) in headers {
+        let Ok(value) = value.to_str() else {
             continue;
         };
-        out.insert(name.as_str(), first);
-        for value in values {
+        if previous == Some(name) {
             out.append(name.as_str(), value);
+        } else {
+            out.insert(name.as_str(), value);
+            previous = Some(name);
         }
     }
     out
 }
 
 pub(super) fn from_nats(headers: &async_nats::HeaderMap) -> HeaderMap {
+    let append = |out: &mut HeaderMap, name, value: &async_nats::HeaderValue| {
+        if let Ok(value) = HeaderValue::from_str(value.as_str()) {
+            out.append(name, value);
+        }
+    };
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, values) in headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(AsRef::<[u8]>::as_ref(name)) else {
+        let (Ok(name), Some((last, others))) = (
+            HeaderName::from_bytes(AsRef::<[u8]>::as_ref(name)),
+            values.split_last(),
+        ) else {
             continue;
         };
-        for value in values {
-            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
-                out.append(name.clone(), value);
-            }
+        // Cloned for a repeated name only.
+        for value in others {
+            append(&mut out, name.clone(), value);
         }
+        append(&mut out, name, last);
     }
     out
 }
