@@ -169,7 +169,9 @@ pub(crate) const ROUNDS: u32 = 4;
 /// Measures the scenarios of `compared` (the requests, and the processes
 /// whose CPU time to report) for `options.duration` each: a warm-up each,
 /// then [`ROUNDS`] slices, one scenario after the other in each round, so
-/// that whatever drifts on the shared machine weighs on all alike.
+/// that whatever drifts on the shared machine weighs on all alike. Every
+/// other round runs them in reverse, so that over the (even) number of
+/// rounds no scenario always comes first, last, or after the same one.
 pub(crate) async fn measure_in_rounds(
     client: &reqwest::Client,
     options: &Options,
@@ -180,10 +182,13 @@ pub(crate) async fn measure_in_rounds(
     }
     let slice = options.duration / ROUNDS;
     let mut totals: Vec<Measurement> = compared.iter().map(|_| Measurement::empty()).collect();
+    let mut order: Vec<usize> = (0..compared.len()).collect();
     for _ in 0..ROUNDS {
-        for ((make, watched), total) in compared.iter().zip(&mut totals) {
-            total.absorb(measure_for(client, options.concurrency, slice, make, watched).await);
+        for &i in &order {
+            let (make, watched) = &compared[i];
+            totals[i].absorb(measure_for(client, options.concurrency, slice, make, watched).await);
         }
+        order.reverse();
     }
     totals
 }
