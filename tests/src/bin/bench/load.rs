@@ -25,6 +25,9 @@ pub(crate) struct Measurement {
     pub latencies: Vec<u32>,
     /// CPU time per answered request of each watched process.
     pub cpu: Vec<CpuPerRequest>,
+    /// Requests/s of each slice [absorbed](Self::absorb), in the order
+    /// taken: one per round of [`measure_in_rounds`].
+    pub rounds: Vec<f64>,
 }
 
 impl Measurement {
@@ -36,6 +39,7 @@ impl Measurement {
             elapsed: Duration::ZERO,
             latencies: Vec::new(),
             cpu: Vec::new(),
+            rounds: Vec::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl Measurement {
                 })
         };
         let requests = u32::try_from((self.ok + slice.ok).max(1)).unwrap_or(u32::MAX);
+        self.rounds.push(slice.per_second());
         let names: Vec<&'static str> = slice.cpu.iter().map(|c| c.name).collect();
         let cpu = names
             .into_iter()
@@ -71,6 +76,14 @@ impl Measurement {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The lowest and highest of this scenario's throughput over
+    /// `baseline`'s, round by round: each round measures both within
+    /// moments of each other, so the spread says how far the overall
+    /// ratio can be trusted on a machine that drifts.
+    pub fn ratio_range_by_round(&self, baseline: &Measurement) -> Option<RatioRange> {
+        ratio_range(&self.rounds, &baseline.rounds)
+    }
+
     /// The `q` quantile (0..=1) in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -79,6 +92,33 @@ impl Measurement {
         let rank = ((self.latencies.len() - 1) as f64 * q).round() as usize;
         f64::from(self.latencies[rank]) / 1000.0
     }
+}
+
+/// The lowest and highest of a throughput ratio, round by round.
+#[derive(Clone, Copy)]
+pub(crate) struct RatioRange {
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The range of `through[i] / base[i]` over the rounds both have.
+pub(crate) fn ratio_range(through: &[f64], base: &[f64]) -> Option<RatioRange> {
+    through
+        .iter()
+        .zip(base)
+        .map(|(through, base)| through / base)
+        .fold(None, |range, ratio| {
+            Some(range.map_or(
+                RatioRange {
+                    low: ratio,
+                    high: ratio,
+                },
+                |RatioRange { low, high }| RatioRange {
+                    low: ratio.min(low),
+                    high: ratio.max(high),
+                },
+            ))
+        })
 }
 
 /// Builds request number `n` of a scenario.
@@ -142,6 +182,7 @@ pub(crate) async fn drive(
         elapsed,
         latencies,
         cpu: Vec::new(),
+        rounds: Vec::new(),
     }
 }
 
@@ -232,4 +273,16 @@ pub(crate) async fn measure_for(
     let mut measurement = drive(client, make, concurrency, duration).await;
     measurement.cpu = before.per_request_since(measurement.ok);
     measurement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_range_spans_the_rounds_both_sides_have() {
+        let range = ratio_range(&[2.0, 3.0, 1.0], &[4.0, 3.0, 2.0, 9.0]).unwrap();
+        assert_eq!((range.low, range.high), (0.5, 1.0));
+        assert!(ratio_range(&[], &[1.0]).is_none());
+    }
 }

@@ -48,7 +48,7 @@
 //! (h)/(a) and (i)/(b) saying how it compares with the distributed
 //! topology; see [`embedded`].
 //!
-//! After that, with `--tracing` (off by default: it starts four more
+//! After that, with `--tracing` (off by default: it starts five more
 //! systems and measures (a) and (b) on each), what tracing costs: (j) (a)
 //! and (b) again, each time on a fresh gateway and products service, with
 //! tracing off, on and sampling every trace, on at 10%, and off again;
@@ -472,7 +472,10 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     }
 
     println!();
-    println!("{:<34} {:>18} {:>18}", "ratio", "throughput", "p50 latency");
+    println!(
+        "{:<34} {:>18} {:>18} {:>24}",
+        "ratio", "throughput", "p50 latency", "throughput, by round"
+    );
     for (label, through, baseline) in [
         ("(a)/(c) GET by id", "(a)", "(c) direct GET"),
         ("(b)/(c) POST", "(b)", "(c) direct POST"),
@@ -482,9 +485,11 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     ] {
         match (find(rows, through), find(rows, baseline)) {
             (Some(hop), Some(base)) => println!(
-                "{label:<34} {:>17.2}x {:>17.2}x",
+                "{label:<34} {:>17.2}x {:>17.2}x {:>24}",
                 hop.per_second() / base.per_second(),
-                hop.quantile_ms(0.50) / base.quantile_ms(0.50)
+                hop.quantile_ms(0.50) / base.quantile_ms(0.50),
+                hop.ratio_range_by_round(base)
+                    .map_or_else(String::new, |r| format!("{:.2}x to {:.2}x", r.low, r.high))
             ),
             _ => println!("{label:<34} {:>18} {:>18}", "n/a", "n/a"),
         }

@@ -50,7 +50,7 @@ use microcore_e2e::{ServiceInstance, System, wait};
 use sqlx::postgres::PgPoolOptions;
 
 use crate::cpu::{self, Watched};
-use crate::load::{MakeRequest, ROUNDS, measure_in_rounds};
+use crate::load::{MakeRequest, ROUNDS, RatioRange, measure_in_rounds, ratio_range};
 use crate::{Measurement, Options, create, get_by_id, seed};
 
 /// The protocol spans are exported in: the exporter's default, named.
@@ -250,6 +250,9 @@ async fn measure_on_each(
 struct Baseline {
     get_per_second: f64,
     create_per_second: f64,
+    /// The same means, round by round.
+    get_rounds: Vec<f64>,
+    create_rounds: Vec<f64>,
 }
 
 impl Baseline {
@@ -265,9 +268,22 @@ impl Baseline {
         let mean = |throughput: fn(&Run) -> f64| {
             off.iter().map(|run| throughput(run)).sum::<f64>() / off.len() as f64
         };
+        let mean_by_round = |measurement: fn(&Run) -> &Measurement| {
+            (0..ROUNDS as usize)
+                .map(|i| {
+                    let taken: Vec<f64> = off
+                        .iter()
+                        .filter_map(|run| measurement(run).rounds.get(i).copied())
+                        .collect();
+                    taken.iter().sum::<f64>() / taken.len() as f64
+                })
+                .collect()
+        };
         Some(Self {
             get_per_second: mean(|run| run.get.per_second()),
             create_per_second: mean(|run| run.create.per_second()),
+            get_rounds: mean_by_round(|run| &run.get),
+            create_rounds: mean_by_round(|run| &run.create),
         })
     }
 
@@ -278,6 +294,26 @@ impl Baseline {
             run.create.per_second() / self.create_per_second,
         )
     }
+
+    /// The lowest and highest of `run`'s GET and POST throughput as
+    /// multiples of the baseline's, round by round.
+    fn ratio_ranges(&self, run: &Run) -> [Option<RatioRange>; 2] {
+        [
+            ratio_range(&run.get.rounds, &self.get_rounds),
+            ratio_range(&run.create.rounds, &self.create_rounds),
+        ]
+    }
+}
+
+/// `range` of throughput ratios as the losses they mean, in percent.
+fn describe_losses(range: Option<RatioRange>) -> String {
+    range.map_or_else(String::new, |RatioRange { low, high }| {
+        format!(
+            " (by round {:.1}% to {:.1}%)",
+            (1.0 - high) * 100.0,
+            (1.0 - low) * 100.0
+        )
+    })
 }
 
 /// The tracing section: the load per configuration, its ratio to "off",
@@ -392,12 +428,15 @@ pub fn print_report(report: &TracingReport) {
         };
         let (get_ratio, create_ratio) = baseline.ratios(run);
         let (get_loss, create_loss) = (1.0 - get_ratio, 1.0 - create_ratio);
+        let [get_range, create_range] = baseline.ratio_ranges(run);
         println!(
-            "target {}: throughput loss < {:.0}%: GET {:.1}%, POST {:.1}%, {}",
+            "target {}: throughput loss < {:.0}%: GET {:.1}%{}, POST {:.1}%{}, {}",
             run.configuration.label,
             target * 100.0,
             get_loss * 100.0,
+            describe_losses(get_range),
             create_loss * 100.0,
+            describe_losses(create_range),
             verdict(get_loss < target && create_loss < target)
         );
     }
