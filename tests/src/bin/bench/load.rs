@@ -76,14 +76,6 @@ impl Measurement {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// The lowest and highest of this scenario's throughput over
-    /// `baseline`'s, round by round: each round measures both within
-    /// moments of each other, so the spread says how far the overall
-    /// ratio can be trusted on a machine that drifts.
-    pub fn ratio_range_by_round(&self, baseline: &Measurement) -> Option<RatioRange> {
-        ratio_range(&self.rounds, &baseline.rounds)
-    }
-
     /// The `q` quantile (0..=1) in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -101,24 +93,23 @@ pub(crate) struct RatioRange {
     pub high: f64,
 }
 
-/// The range of `through[i] / base[i]` over the rounds both have.
+/// The range of `through[i] / base[i]` over the rounds both have: each
+/// round measures both within moments of each other, so the spread says
+/// how far the overall ratio can be trusted on a machine that drifts.
 pub(crate) fn ratio_range(through: &[f64], base: &[f64]) -> Option<RatioRange> {
-    through
+    let mut ratios = through
         .iter()
         .zip(base)
-        .map(|(through, base)| through / base)
-        .fold(None, |range, ratio| {
-            Some(range.map_or(
-                RatioRange {
-                    low: ratio,
-                    high: ratio,
-                },
-                |RatioRange { low, high }| RatioRange {
-                    low: ratio.min(low),
-                    high: ratio.max(high),
-                },
-            ))
-        })
+        .map(|(through, base)| through / base);
+    let first = ratios.next()?;
+    let start = RatioRange {
+        low: first,
+        high: first,
+    };
+    Some(ratios.fold(start, |range, ratio| RatioRange {
+        low: range.low.min(ratio),
+        high: range.high.max(ratio),
+    }))
 }
 
 /// Builds request number `n` of a scenario.

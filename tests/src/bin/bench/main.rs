@@ -80,7 +80,7 @@ use crate::baselines::{
 use crate::cpu::Watched;
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
 use crate::load::{
-    MakeRequest, Measurement, ROUNDS, create, get_by_id, measure, measure_in_rounds,
+    MakeRequest, Measurement, ROUNDS, create, get_by_id, measure, measure_in_rounds, ratio_range,
 };
 
 const USAGE: &str = "\
@@ -488,7 +488,7 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
                 "{label:<34} {:>17.2}x {:>17.2}x {:>24}",
                 hop.per_second() / base.per_second(),
                 hop.quantile_ms(0.50) / base.quantile_ms(0.50),
-                hop.ratio_range_by_round(base)
+                ratio_range(&hop.rounds, &base.rounds)
                     .map_or_else(String::new, |r| format!("{:.2}x to {:.2}x", r.low, r.high))
             ),
             _ => println!("{label:<34} {:>18} {:>18}", "n/a", "n/a"),
