@@ -3,9 +3,11 @@
 //! SIGINT drain gracefully: stop taking requests, finish the ones in
 //! flight, deregister, exit 0.
 //!
-//! Each request runs in its own task, so one slow handler never delays
-//! another; a task tracker lets shutdown wait for exactly the requests in
-//! flight.
+//! A request that has to wait (for its database, another service, a
+//! timer) runs in its own task, so one slow handler never delays another;
+//! one that can be answered at once is answered by the endpoint's
+//! listener, which is cheaper than a task (see [`serve_or_spawn`]). A task
+//! tracker lets shutdown wait for exactly the requests in flight.
 //!
 //! The kernel names the instance before anything else happens, so its
 //! logs carry the instance from the first line, its metrics (its own meter
@@ -13,7 +15,11 @@
 //! it, and it can register an endpoint of its own: the system endpoint
 //! the gateway asks for its live figures (see `system`).
 
+use std::future::poll_fn;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::StreamExt;
 use shared_schemas::Subjects;
@@ -250,10 +256,8 @@ impl Service {
             listeners.spawn(async move {
                 while let Some(incoming) = stream.next().await {
                     let endpoint = endpoint.clone();
-                    // Boxed: the task then moves a pointer, not the whole
-                    // state of a request, on its way into the scheduler.
-                    let serve = Box::pin(async move { endpoint.serve(incoming).await });
-                    tasks.spawn(serve.instrument(span.clone()));
+                    let serve = async move { endpoint.serve(incoming).await };
+                    serve_or_spawn(Box::pin(serve.instrument(span.clone())), &tasks).await;
                 }
             });
         }
@@ -429,6 +433,32 @@ impl RunningService {
     }
 }
 
+/// Polls `serve` once on the listener's task: an answer that needs no
+/// wait (no I/O, or I/O already done) costs no task, and no wake-up of
+/// another worker to run it, which for such requests is most of their
+/// cost. One that must wait moves to a task of its own, where the wakers
+/// it registers are replaced on its next poll, so waiting requests
+/// overlap. A panic is contained here as it would be in a task, so it
+/// never ends the listener.
+async fn serve_or_spawn(
+    mut serve: Pin<Box<impl Future<Output = ()> + Send + 'static>>,
+    tasks: &TaskTracker,
+) {
+    let first = poll_fn(|cx| {
+        Poll::Ready(panic::catch_unwind(AssertUnwindSafe(|| {
+            serve.as_mut().poll(cx)
+        })))
+    })
+    .await;
+    match first {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            tasks.spawn(serve);
+        }
+        Err(_) => tracing::error!("serving a request panicked"),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -451,4 +481,58 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_that_needs_no_wait_is_answered_without_a_task() {
+        let tasks = TaskTracker::new();
+        let answered = Arc::new(AtomicBool::new(false));
+        let flag = answered.clone();
+        serve_or_spawn(
+            Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
+            &tasks,
+        )
+        .await;
+        assert!(answered.load(Ordering::SeqCst));
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_moves_to_a_task_and_finishes_there() {
+        let tasks = TaskTracker::new();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let answered = Arc::new(AtomicBool::new(false));
+        let flag = answered.clone();
+        let serve = async move {
+            let _ = released.await;
+            flag.store(true, Ordering::SeqCst);
+        };
+        serve_or_spawn(Box::pin(serve), &tasks).await;
+        assert_eq!(tasks.len(), 1);
+        assert!(!answered.load(Ordering::SeqCst));
+        release.send(()).expect("the request is waiting");
+        tasks.close();
+        tasks.wait().await;
+        assert!(answered.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_serving_leaves_the_listener_running() {
+        let tasks = TaskTracker::new();
+        serve_or_spawn(Box::pin(async { panic!("broken request") }), &tasks).await;
+        let answered = Arc::new(AtomicBool::new(false));
+        let flag = answered.clone();
+        serve_or_spawn(
+            Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
+            &tasks,
+        )
+        .await;
+        assert!(answered.load(Ordering::SeqCst));
+    }
 }
