@@ -489,16 +489,22 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_request_that_needs_no_wait_is_answered_without_a_task() {
-        let tasks = TaskTracker::new();
+    /// Serves a request that needs no wait; the flag says it was answered.
+    async fn answer_at_once(tasks: &TaskTracker) -> Arc<AtomicBool> {
         let answered = Arc::new(AtomicBool::new(false));
         let flag = answered.clone();
         serve_or_spawn(
             Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
-            &tasks,
+            tasks,
         )
         .await;
+        answered
+    }
+
+    #[tokio::test]
+    async fn a_request_that_needs_no_wait_is_answered_without_a_task() {
+        let tasks = TaskTracker::new();
+        let answered = answer_at_once(&tasks).await;
         assert!(answered.load(Ordering::SeqCst));
         assert!(tasks.is_empty());
     }
@@ -526,13 +532,7 @@ mod tests {
     async fn a_panic_while_serving_leaves_the_listener_running() {
         let tasks = TaskTracker::new();
         serve_or_spawn(Box::pin(async { panic!("broken request") }), &tasks).await;
-        let answered = Arc::new(AtomicBool::new(false));
-        let flag = answered.clone();
-        serve_or_spawn(
-            Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
-            &tasks,
-        )
-        .await;
+        let answered = answer_at_once(&tasks).await;
         assert!(answered.load(Ordering::SeqCst));
     }
 }
