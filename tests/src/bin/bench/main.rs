@@ -195,7 +195,14 @@ async fn main() -> anyhow::Result<()> {
              or the in-process baselines are not comparable"
         );
     }
-    run(options).await
+    // Interrupted, the run is dropped, and with it every process it
+    // started: none is left to load the machine the next run measures.
+    tokio::select! {
+        result = run(options) => result,
+        () = microcore::service::shutdown_signal() => {
+            anyhow::bail!("interrupted: the processes it started are stopped")
+        }
+    }
 }
 
 /// Starts the bench service `bin` (`bench-echo`, `bench-sink`) when the
