@@ -15,13 +15,11 @@
 //! it, and it can register an endpoint of its own: the system endpoint
 //! the gateway asks for its live figures (see `system`).
 
-use std::future::poll_fn;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use shared_schemas::Subjects;
 use shared_schemas::discovery::{EndpointInfo, HttpEndpoint, ServiceInfo, meta};
 use tokio::task::{JoinHandle, JoinSet};
@@ -257,7 +255,7 @@ impl Service {
                 while let Some(incoming) = stream.next().await {
                     let endpoint = endpoint.clone();
                     let serve = async move { endpoint.serve(incoming).await };
-                    serve_or_spawn(Box::pin(serve.instrument(span.clone())), &tasks).await;
+                    serve_or_spawn(Box::pin(serve.instrument(span.clone())), &tasks);
                 }
             });
         }
@@ -436,23 +434,17 @@ impl RunningService {
 /// Polls `serve` once on the listener's task: an answer that needs no
 /// wait (no I/O, or I/O already done) costs no task, and no wake-up of
 /// another worker to run it, which for such requests is most of their
-/// cost. One that must wait moves to a task of its own, where the wakers
-/// it registers are replaced on its next poll, so waiting requests
-/// overlap. A panic is contained here as it would be in a task, so it
-/// never ends the listener.
-async fn serve_or_spawn(
+/// cost. One that must wait moves to a task of its own, which polls it
+/// again at once and so registers the wakers that count, so waiting
+/// requests overlap. A panic is contained here as it would be in a task,
+/// so it never ends the listener.
+fn serve_or_spawn(
     mut serve: Pin<Box<impl Future<Output = ()> + Send + 'static>>,
     tasks: &TaskTracker,
 ) {
-    let first = poll_fn(|cx| {
-        Poll::Ready(panic::catch_unwind(AssertUnwindSafe(|| {
-            serve.as_mut().poll(cx)
-        })))
-    })
-    .await;
-    match first {
-        Ok(Poll::Ready(())) => {}
-        Ok(Poll::Pending) => {
+    match panic::catch_unwind(AssertUnwindSafe(|| serve.as_mut().now_or_never())) {
+        Ok(Some(())) => {}
+        Ok(None) => {
             tasks.spawn(serve);
         }
         Err(_) => tracing::error!("serving a request panicked"),
@@ -490,21 +482,20 @@ mod tests {
     use super::*;
 
     /// Serves a request that needs no wait; the flag says it was answered.
-    async fn answer_at_once(tasks: &TaskTracker) -> Arc<AtomicBool> {
+    fn answer_at_once(tasks: &TaskTracker) -> Arc<AtomicBool> {
         let answered = Arc::new(AtomicBool::new(false));
         let flag = answered.clone();
         serve_or_spawn(
             Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
             tasks,
-        )
-        .await;
+        );
         answered
     }
 
     #[tokio::test]
     async fn a_request_that_needs_no_wait_is_answered_without_a_task() {
         let tasks = TaskTracker::new();
-        let answered = answer_at_once(&tasks).await;
+        let answered = answer_at_once(&tasks);
         assert!(answered.load(Ordering::SeqCst));
         assert!(tasks.is_empty());
     }
@@ -519,7 +510,7 @@ mod tests {
             let _ = released.await;
             flag.store(true, Ordering::SeqCst);
         };
-        serve_or_spawn(Box::pin(serve), &tasks).await;
+        serve_or_spawn(Box::pin(serve), &tasks);
         assert_eq!(tasks.len(), 1);
         assert!(!answered.load(Ordering::SeqCst));
         release.send(()).expect("the request is waiting");
@@ -531,8 +522,8 @@ mod tests {
     #[tokio::test]
     async fn a_panic_while_serving_leaves_the_listener_running() {
         let tasks = TaskTracker::new();
-        serve_or_spawn(Box::pin(async { panic!("broken request") }), &tasks).await;
-        let answered = answer_at_once(&tasks).await;
+        serve_or_spawn(Box::pin(async { panic!("broken request") }), &tasks);
+        let answered = answer_at_once(&tasks);
         assert!(answered.load(Ordering::SeqCst));
     }
 }
