@@ -316,8 +316,9 @@ impl Trace {
 /// `headers` carry (or not) a trace context: the span continues that trace
 /// or starts one, and is recorded only when the sampler says so, decided
 /// before the span is built. Records the span's `trace_id` and `span_id`
-/// fields, where it declares them, so that its log lines name their trace
-/// (an unsampled one has a trace id but no span id). Run the handling
+/// fields, where it declares them and the logs may show it, so that its
+/// log lines name their trace (an unsampled one has a trace id but no
+/// span id). Run the handling
 /// with [`Trace::instrument`].
 pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::Span) -> Trace {
     let (span, unrecorded) = match sampling::decide(|| trace_context::extract(headers)) {
@@ -342,8 +343,10 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
             }
             // Started now, so that a new trace gets the id it was decided with.
             let context = sampling::with_trace_id(new_trace, || span.context());
-            let ids = context.span().span_context().clone();
-            if ids.is_valid() {
+            let started = context.span();
+            let ids = started.span_context();
+            // For the log lines, and only if they may show the span.
+            if ids.is_valid() && logs_may_show_info_spans() {
                 span.record("trace_id", tracing::field::display(ids.trace_id()));
                 span.record("span_id", tracing::field::display(ids.span_id()));
             }

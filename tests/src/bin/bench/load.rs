@@ -86,30 +86,33 @@ impl Measurement {
     }
 }
 
-/// The lowest and highest of a throughput ratio, round by round.
+/// A throughput ratio taken round by round: each round measures both
+/// sides within moments of each other, so each round's ratio is one
+/// paired sample of it.
 #[derive(Clone, Copy)]
-pub(crate) struct RatioRange {
+pub(crate) struct RoundRatios {
+    /// The middle round's ratio: the estimate a round disturbed from
+    /// outside (a checkpoint, a neighbour's burst) does not move, where it
+    /// would move the ratio of the totals.
+    pub median: f64,
+    /// The lowest and the highest: how far apart the rounds were.
     pub low: f64,
     pub high: f64,
 }
 
-/// The range of `through[i] / base[i]` over the rounds both have: each
-/// round measures both within moments of each other, so the spread says
-/// how far the overall ratio can be trusted on a machine that drifts.
-pub(crate) fn ratio_range(through: &[f64], base: &[f64]) -> Option<RatioRange> {
-    let mut ratios = through
-        .iter()
-        .zip(base)
-        .map(|(through, base)| through / base);
-    let first = ratios.next()?;
-    let start = RatioRange {
-        low: first,
-        high: first,
+/// `through[i] / base[i]` over the rounds both have; `None` when they
+/// share none.
+pub(crate) fn round_ratios(through: &[f64], base: &[f64]) -> Option<RoundRatios> {
+    let mut ratios: Vec<f64> = through.iter().zip(base).map(|(t, b)| t / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let (low, high) = (*ratios.first()?, *ratios.last()?);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len().is_multiple_of(2) {
+        (ratios[middle - 1] + ratios[middle]) / 2.0
+    } else {
+        ratios[middle]
     };
-    Some(ratios.fold(start, |range, ratio| RatioRange {
-        low: range.low.min(ratio),
-        high: range.high.max(ratio),
-    }))
+    Some(RoundRatios { median, low, high })
 }
 
 /// Builds request number `n` of a scenario.
@@ -194,16 +197,21 @@ pub(crate) fn create(base: String) -> MakeRequest {
     })
 }
 
-/// The slices each scenario's measured time is cut into, taken in turn
-/// across the scenarios compared.
-pub(crate) const ROUNDS: u32 = 4;
+/// The rounds `duration` is cut into by default: one per second, so that
+/// a scenario and the one it is compared with run about a second apart,
+/// and at least four; even (see [`measure_in_rounds`]).
+pub(crate) fn rounds_for(duration: Duration) -> u32 {
+    let seconds = u32::try_from(duration.as_secs()).unwrap_or(u32::MAX / 2);
+    seconds.next_multiple_of(2).max(4)
+}
 
 /// Measures the scenarios of `compared` (the requests, and the processes
 /// whose CPU time to report) for `options.duration` each: a warm-up each,
-/// then [`ROUNDS`] slices, one scenario after the other in each round, so
-/// that whatever drifts on the shared machine weighs on all alike. Every
-/// other round runs them in reverse, so that over the (even) number of
-/// rounds no scenario always comes first, last, or after the same one.
+/// then `options.rounds` slices, one scenario after the other in each
+/// round, so that whatever drifts on the shared machine weighs on all
+/// alike. Every other round runs them in reverse, so that over the (even)
+/// number of rounds no scenario always comes first, last, or after the
+/// same one.
 pub(crate) async fn measure_in_rounds(
     client: &reqwest::Client,
     options: &Options,
@@ -212,10 +220,10 @@ pub(crate) async fn measure_in_rounds(
     for (make, _) in compared {
         warm_up(client, options, make).await;
     }
-    let slice = options.duration / ROUNDS;
+    let slice = options.duration / options.rounds;
     let mut totals: Vec<Measurement> = compared.iter().map(|_| Measurement::empty()).collect();
     let mut order: Vec<usize> = (0..compared.len()).collect();
-    for _ in 0..ROUNDS {
+    for _ in 0..options.rounds {
         for &i in &order {
             let (make, watched) = &compared[i];
             totals[i].absorb(measure_for(client, options.concurrency, slice, make, watched).await);
@@ -271,9 +279,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ratio_range_spans_the_rounds_both_sides_have() {
-        let range = ratio_range(&[2.0, 3.0, 1.0], &[4.0, 3.0, 2.0, 9.0]).unwrap();
-        assert_eq!((range.low, range.high), (0.5, 1.0));
-        assert!(ratio_range(&[], &[1.0]).is_none());
+    fn round_ratios_pair_the_rounds_both_sides_have() {
+        let ratios = round_ratios(&[2.0, 3.0, 1.0], &[4.0, 3.0, 2.0, 9.0]).unwrap();
+        assert_eq!((ratios.low, ratios.median, ratios.high), (0.5, 0.5, 1.0));
+        assert!(round_ratios(&[], &[1.0]).is_none());
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let ratios = round_ratios(&[1.0, 4.0, 2.0, 3.0], &[1.0; 4]).unwrap();
+        assert_eq!((ratios.low, ratios.median, ratios.high), (1.0, 2.5, 4.0));
+    }
+
+    #[test]
+    fn rounds_are_one_a_second_even_and_at_least_four() {
+        let rounds = |secs| rounds_for(Duration::from_secs(secs));
+        assert_eq!(
+            [rounds(1), rounds(10), rounds(11), rounds(30)],
+            [4, 10, 12, 30]
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! Starts a private NATS and database through the harness and the release
 //! binaries of the gateway and the products service, seeds the catalogue,
 //! then drives keep-alive HTTP load over loopback, each scenario in turn
-//! in four rounds (see [`load::measure_in_rounds`]), against:
+//! in rounds (see [`load::measure_in_rounds`]), against:
 //!
 //! - (a) the gateway, `GET /products/{id}`;
 //! - (b) the gateway, `POST /products`: the row and `product.created`,
@@ -80,14 +80,16 @@ use crate::baselines::{
 use crate::cpu::Watched;
 use crate::events::{EventOptions, MAX_EVENTS, MAX_PUBLISH_CONCURRENCY};
 use crate::load::{
-    MakeRequest, Measurement, ROUNDS, create, get_by_id, measure, measure_in_rounds, ratio_range,
+    MakeRequest, Measurement, create, get_by_id, measure, measure_in_rounds, round_ratios,
 };
 
 const USAGE: &str = "\
 usage: bench [--duration-secs N] [--concurrency N] [--seed N]
              [--events N] [--publish-concurrency N] [--event-rate N] [--tracing]
-             [--only LETTERS]
+             [--rounds N] [--only LETTERS]
   --duration-secs        measured seconds per HTTP scenario and of (g) (default 10)
+  --rounds               slices each scenario's measured seconds are cut into, taken in turn
+                         across the scenarios compared; even (default: one per second, at least 4)
   --concurrency          requests in flight, one keep-alive connection each (default 64)
   --seed                 products in the catalogue before the run (default 1000)
   --events               events published in (f), at most 10000000 (default 100000)
@@ -99,6 +101,9 @@ usage: bench [--duration-secs N] [--concurrency N] [--seed N]
 
 struct Options {
     duration: Duration,
+    /// Rounds the compared scenarios are measured in (see
+    /// [`load::measure_in_rounds`]).
+    rounds: u32,
     concurrency: usize,
     seed: usize,
     events: u64,
@@ -123,6 +128,7 @@ impl Options {
 fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         duration: Duration::from_secs(10),
+        rounds: 0,
         concurrency: 64,
         seed: 1000,
         events: 100_000,
@@ -156,6 +162,17 @@ fn parse_args() -> anyhow::Result<Options> {
             .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
         match flag.as_str() {
             "--duration-secs" => options.duration = Duration::from_secs(number),
+            "--rounds" => {
+                options.rounds = u32::try_from(number)
+                    .ok()
+                    .filter(|rounds| *rounds > 0 && rounds.is_multiple_of(2))
+                    .with_context(|| {
+                        format!(
+                            "--rounds {value}: must be even, so that each order of the \
+                             scenarios is taken as often as its reverse\n{USAGE}"
+                        )
+                    })?;
+            }
             "--concurrency" => options.concurrency = usize::try_from(number)?,
             "--seed" => options.seed = usize::try_from(number)?,
             "--events" => options.events = number,
@@ -166,6 +183,9 @@ fn parse_args() -> anyhow::Result<Options> {
     }
     if options.duration.is_zero() || options.concurrency == 0 || options.seed == 0 {
         bail!("duration, concurrency and seed must be positive\n{USAGE}");
+    }
+    if options.rounds == 0 {
+        options.rounds = load::rounds_for(options.duration);
     }
     if !(1..=MAX_EVENTS).contains(&options.events)
         || !(1..=MAX_PUBLISH_CONCURRENCY).contains(&options.publish_concurrency)
@@ -366,8 +386,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .collect();
     if !compared.is_empty() {
         eprintln!(
-            "measuring {} HTTP scenarios in {ROUNDS} rounds…",
-            compared.len()
+            "measuring {} HTTP scenarios in {} rounds…",
+            compared.len(),
+            options.rounds
         );
     }
     let mut measured = measure_in_rounds(&client, &options, &compared)
@@ -480,8 +501,8 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
 
     println!();
     println!(
-        "{:<34} {:>18} {:>18} {:>24}",
-        "ratio", "throughput", "p50 latency", "throughput, by round"
+        "{:<34} {:>18} {:>18}   throughput by round: median (lowest to highest)",
+        "ratio", "throughput", "p50 latency"
     );
     for (label, through, baseline) in [
         ("(a)/(c) GET by id", "(a)", "(c) direct GET"),
@@ -492,11 +513,13 @@ fn print_report(options: &Options, rows: &[(&str, Option<Measurement>)]) {
     ] {
         match (find(rows, through), find(rows, baseline)) {
             (Some(hop), Some(base)) => println!(
-                "{label:<34} {:>17.2}x {:>17.2}x {:>24}",
+                "{label:<34} {:>17.2}x {:>17.2}x   {}",
                 hop.per_second() / base.per_second(),
                 hop.quantile_ms(0.50) / base.quantile_ms(0.50),
-                ratio_range(&hop.rounds, &base.rounds)
-                    .map_or_else(String::new, |r| format!("{:.2}x to {:.2}x", r.low, r.high))
+                round_ratios(&hop.rounds, &base.rounds).map_or_else(String::new, |r| format!(
+                    "{:.2}x ({:.2}x to {:.2}x)",
+                    r.median, r.low, r.high
+                ))
             ),
             _ => println!("{label:<34} {:>18} {:>18}", "n/a", "n/a"),
         }
