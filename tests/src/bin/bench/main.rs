@@ -168,7 +168,7 @@ fn parse_args() -> anyhow::Result<Options> {
                     .filter(|rounds| *rounds > 0 && rounds.is_multiple_of(2))
                     .with_context(|| {
                         format!(
-                            "--rounds {value}: must be even, so that each order of the \
+                            "--rounds {value}: must be positive and even, so that each order of the \
                              scenarios is taken as often as its reverse\n{USAGE}"
                         )
                     })?;
