@@ -46,7 +46,7 @@ pub use embedded::Embedded;
 pub use events::Streams;
 pub use http::{Account, HttpClient, Reply};
 pub use nats::NatsServer;
-pub use process::ServiceProcess;
+pub use process::{Launcher, ServiceProcess};
 pub use sse::{EventStream, SseEvent};
 pub use system::{Gateway, PRODUCTS, PRODUCTS_TABLE, SHOP, ServiceInstance, System, SystemBuilder};
 

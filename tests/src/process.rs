@@ -13,7 +13,7 @@
 //! directory is the system temp directory, so no `.env` of the workspace is
 //! picked up either.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,6 +30,14 @@ fn is_microcore_variable(name: &OsStr) -> bool {
         || name == "DATABASE_URL"
         || name.starts_with("MC_")
         || name.starts_with("OTEL_")
+}
+
+/// A program the binaries of a system run under, given the binary and its
+/// arguments after its own: `valgrind --tool=callgrind`, say.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
 }
 
 /// One running child process with its log file.
@@ -69,6 +77,26 @@ impl ServiceProcess {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        Self::spawn_under(None, bin, args, envs)
+    }
+
+    /// Starts `bin` as [`spawn_with_args`](Self::spawn_with_args) does,
+    /// under `launcher` when there is one; the process keeps the name of
+    /// `bin`.
+    ///
+    /// # Panics
+    /// When the program cannot be started.
+    pub fn spawn_under<A, K, V>(
+        launcher: Option<&Launcher>,
+        bin: &Path,
+        args: impl IntoIterator<Item = A>,
+        envs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self
+    where
+        A: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let name = bin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -80,7 +108,14 @@ impl ServiceProcess {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot share the log file {}: {e}", log.display()));
 
-        let mut command = Command::new(bin);
+        let mut command = match launcher {
+            Some(launcher) => {
+                let mut command = Command::new(&launcher.program);
+                command.args(&launcher.args).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         for (key, _) in std::env::vars_os().filter(|(k, _)| is_microcore_variable(k)) {
             command.env_remove(key);
         }
@@ -94,9 +129,10 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = command.spawn().unwrap_or_else(|e| {
+            let program = launcher.map_or(bin, |launcher| &launcher.program);
+            panic!("cannot start {}: {e}", program.display())
+        });
         Self {
             name,
             child,

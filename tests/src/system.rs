@@ -24,7 +24,7 @@ use crate::binaries::binary;
 use crate::db::TestDb;
 use crate::http::HttpClient;
 use crate::nats::NatsServer;
-use crate::process::ServiceProcess;
+use crate::process::{Launcher, ServiceProcess};
 use crate::{free_port, logs, wait};
 
 /// The domain service the suites exercise.
@@ -39,6 +39,7 @@ pub struct SystemBuilder {
     prefix: String,
     gateway_env: Vec<(String, String)>,
     service_env: Vec<(String, String)>,
+    launcher: Option<Launcher>,
 }
 
 impl Default for SystemBuilder {
@@ -47,6 +48,7 @@ impl Default for SystemBuilder {
             prefix: "mc".to_owned(),
             gateway_env: Vec::new(),
             service_env: Vec::new(),
+            launcher: None,
         }
     }
 }
@@ -67,6 +69,13 @@ impl SystemBuilder {
     /// An extra variable for every service instance.
     pub fn service_env(mut self, key: &str, value: impl ToString) -> Self {
         self.service_env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Runs the gateway and every service instance under `launcher` (a
+    /// profiler, say); NATS and Postgres run as they are.
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = Some(launcher);
         self
     }
 
@@ -490,7 +499,8 @@ impl System {
     }
 
     fn spawn(&self, bin: &std::path::Path, env: Vec<(String, String)>) -> ServiceProcess {
-        let process = ServiceProcess::spawn(bin, env);
+        let args = std::iter::empty::<&str>();
+        let process = ServiceProcess::spawn_under(self.config.launcher.as_ref(), bin, args, env);
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).push((
             format!("{} (pid {})", process.name(), process.pid()),
             process.log_path().to_owned(),

@@ -295,6 +295,17 @@ pub(crate) fn log_context(make_span: impl FnOnce() -> tracing::Span) -> tracing:
     )
 }
 
+/// Creates, with `make_span`, a span inside the trace being handled (a
+/// publish, a request to another service); inside an unsampled trace whose
+/// spans the logs cannot show, none: no layer would record it, and
+/// [`inject`] carries the trace on without it.
+pub(crate) fn span_in_trace(make_span: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if sampling::carried().is_some() && !logs_may_show_info_spans() {
+        return tracing::Span::none();
+    }
+    make_span()
+}
+
 /// The handling of one message in its trace: the span it runs in and, for
 /// an unsampled trace, the context its messages carry on.
 pub struct Trace {

@@ -54,12 +54,15 @@
 //! tracing off, on and sampling every trace, on at 10%, and off again;
 //! the spans exported to a receiver in the benchmark, and each
 //! configuration's throughput against the mean of the two "off" runs,
-//! whose difference is the noise; see [`tracing`].
+//! whose difference is the noise; see [`tracing`]. Then (k), the same
+//! configurations counted in instructions per request under callgrind,
+//! which no drift of the machine moves; see [`instructions`].
 
 mod baselines;
 mod cpu;
 mod embedded;
 mod events;
+mod instructions;
 mod load;
 mod tracing;
 
@@ -95,9 +98,11 @@ usage: bench [--duration-secs N] [--concurrency N] [--seed N]
   --events               events published in (f), at most 10000000 (default 100000)
   --publish-concurrency  publishes in flight in (f), at most 4096 (default 256)
   --event-rate           events per second offered in (g) (default 2000)
-  --tracing              also measure (j), the cost of tracing: off, 100%, 10%, off again
+  --tracing              also measure the cost of tracing: (j) throughput, off, 0%, 100%, 10%,
+                         off again; (k) instructions per request, under callgrind
   --only                 the scenarios to measure, by letter: `--only de` for (d) and (e),
-                         `--only j` for tracing alone (default: a to i, and j with --tracing)";
+                         `--only jk` for tracing alone (default: a to i, and j and k with
+                         --tracing)";
 
 struct Options {
     duration: Duration,
@@ -109,7 +114,7 @@ struct Options {
     events: u64,
     publish_concurrency: usize,
     event_rate: u64,
-    /// Whether to measure (j), the tracing overhead.
+    /// Whether to measure (j) and (k), the tracing overhead.
     tracing: bool,
     /// The scenarios `--only` names, by letter.
     only: Option<String>,
@@ -120,7 +125,7 @@ impl Options {
     fn runs(&self, letter: char) -> bool {
         match &self.only {
             Some(only) => only.contains(letter),
-            None => letter != 'j' || self.tracing,
+            None => !matches!(letter, 'j' | 'k') || self.tracing,
         }
     }
 }
@@ -151,8 +156,8 @@ fn parse_args() -> anyhow::Result<Options> {
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         if flag == "--only" {
-            if value.is_empty() || !value.chars().all(|c| ('a'..='j').contains(&c)) {
-                bail!("--only {value}: scenario letters a to j\n{USAGE}");
+            if value.is_empty() || !value.chars().all(|c| ('a'..='k').contains(&c)) {
+                bail!("--only {value}: scenario letters a to k\n{USAGE}");
             }
             options.only = Some(value);
             continue;
@@ -429,6 +434,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
     } else {
         None
     };
+    let instructions_report = if options.runs('k') {
+        Some(instructions::measure(&client, options.seed).await?)
+    } else {
+        None
+    };
 
     if !rows.is_empty() {
         print_report(&options, &rows);
@@ -445,6 +455,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
     }
     if let Some(report) = &tracing_report {
         tracing::print_report(report);
+    }
+    if let Some(report) = &instructions_report {
+        instructions::print_report(report);
     }
     Ok(())
 }

@@ -63,8 +63,8 @@ const TARGET_LOSS_AT_10_PERCENT: f64 = 0.05;
 const TARGET_LOSS_AT_100_PERCENT: f64 = 0.15;
 
 /// One way of running the gateway and the products service.
-struct Configuration {
-    label: &'static str,
+pub(crate) struct Configuration {
+    pub label: &'static str,
     /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`; `None`: no
     /// export at all.
     sampler: Option<(&'static str, Option<&'static str>)>,
@@ -74,7 +74,7 @@ struct Configuration {
     target_loss: Option<f64>,
 }
 
-const CONFIGURATIONS: [Configuration; 5] = [
+pub(crate) const CONFIGURATIONS: [Configuration; 5] = [
     Configuration {
         label: "off (no OTLP endpoint)",
         sampler: None,
@@ -124,7 +124,7 @@ pub struct TracingReport {
 }
 
 /// The variables of `configuration` for the gateway and the services.
-fn environment(
+pub(crate) fn environment(
     configuration: &Configuration,
     collector: &Collector,
 ) -> Vec<(&'static str, String)> {

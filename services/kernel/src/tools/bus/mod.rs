@@ -257,15 +257,17 @@ impl Publication<'_> {
 /// The span of publishing one event (OpenTelemetry messaging conventions)
 /// and the headers that carry its trace context to the consumers.
 fn producer_span(event: &str, subject: &str, id: &str) -> (tracing::Span, HeaderMap) {
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = %format_args!("publish {event}"),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.destination.name = %subject,
-        messaging.message.id = %id,
-    );
+    let span = crate::telemetry::span_in_trace(|| {
+        tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {event}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %id,
+        )
+    });
     let mut headers = HeaderMap::new();
     crate::telemetry::inject(&span, &mut headers);
     (span, headers)

@@ -85,13 +85,15 @@ impl Bus {
         let body =
             serde_json::to_vec(&envelope).map_err(|e| RpcError::Serialize(name.to_owned(), e))?;
         let subject = self.subjects.rpc(name);
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %format_args!("request {name}"),
-            otel.kind = "client",
-            rpc.system = "nats",
-            rpc.method = %name,
-        );
+        let span = crate::telemetry::span_in_trace(|| {
+            tracing::info_span!(
+                "request",
+                otel.name = %format_args!("request {name}"),
+                otel.kind = "client",
+                rpc.system = "nats",
+                rpc.method = %name,
+            )
+        });
         let mut headers = HeaderMap::new();
         crate::telemetry::inject(&span, &mut headers);
         let reply = self
