@@ -329,8 +329,7 @@ impl Trace {
 /// before the span is built. Records the span's `trace_id` and `span_id`
 /// fields, where it declares them and the logs may show it, so that its
 /// log lines name their trace (an unsampled one has a trace id but no
-/// span id). Run the handling
-/// with [`Trace::instrument`].
+/// span id). Run the handling with [`Trace::instrument`].
 pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::Span) -> Trace {
     let (span, unrecorded) = match sampling::decide(|| trace_context::extract(headers)) {
         sampling::Decision::Off => (make_span(), None),
