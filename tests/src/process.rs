@@ -23,6 +23,9 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::logs;
 
+/// How long [`ServiceProcess::suspend`] waits for every thread to stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Variables the harness always sets itself, never inherits.
 fn is_microcore_variable(name: &OsStr) -> bool {
     let name = name.to_string_lossy();
@@ -224,11 +227,46 @@ impl ServiceProcess {
 
     /// Stops the process where it is (SIGSTOP), as when its host stalls:
     /// it holds its connections and answers nothing until
-    /// [`resume`](Self::resume).
+    /// [`resume`](Self::resume). Returns once every thread has stopped:
+    /// the kernel stops them one by one as each gets a core, and on a busy
+    /// machine a thread still running could answer one more request.
+    ///
+    /// # Panics
+    /// When the process has not stopped within [`STOP_TIMEOUT`].
     pub fn suspend(&mut self) {
-        if self.exit_status().is_none() {
-            self.signal(Signal::STOP);
+        if self.exit_status().is_some() {
+            return;
         }
+        self.signal(Signal::STOP);
+        let started = std::time::Instant::now();
+        while !self.stopped() {
+            if self.exit_status().is_some() {
+                return;
+            }
+            assert!(
+                started.elapsed() < STOP_TIMEOUT,
+                "{} did not stop within {STOP_TIMEOUT:?} of SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every thread of the process is stopped, by the state in
+    /// `/proc/<pid>/task/<tid>/stat` (`T`).
+    fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised name, which may
+                // itself hold spaces or parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T")
+            })
+        })
     }
 
     /// Lets a [`suspend`](Self::suspend)ed process go on (SIGCONT).

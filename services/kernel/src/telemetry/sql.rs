@@ -212,13 +212,20 @@ impl Statement {
             .or(self.collection_in_summary.as_deref())
     }
 
+    /// The statement on one line: every run of whitespace between its
+    /// words (ASCII, as SQL's is) one space.
     fn text(&self) -> String {
-        let full = self.full.trim();
-        if full.is_empty() {
-            self.summary.clone()
-        } else {
-            full.split_whitespace().collect::<Vec<_>>().join(" ")
+        if self.full.trim().is_empty() {
+            return self.summary.clone();
         }
+        let mut text = String::with_capacity(self.full.len());
+        for word in self.full.split_ascii_whitespace() {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(word);
+        }
+        text
     }
 
     /// Records the statement as a client span of `parent`, ending now,
@@ -318,7 +325,7 @@ fn operation(text: &str) -> Cow<'static, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{collection, operation};
+    use super::{Statement, collection, operation};
 
     #[test]
     fn spans_are_named_after_the_table() {
@@ -339,6 +346,22 @@ mod tests {
             collection("CREATE TABLE IF NOT EXISTS mc_outbox (id TEXT)").as_deref(),
             Some("mc_outbox")
         );
+    }
+
+    #[test]
+    fn a_statement_is_traced_on_one_line() {
+        let statement = |summary: &str, full: &str| Statement {
+            summary: summary.to_owned(),
+            full: full.to_owned(),
+            ..Statement::default()
+        };
+        let long = statement(
+            "SELECT id FROM …",
+            "\n\nSELECT id, name\n  FROM products\r\n\tWHERE id = $1\n",
+        );
+        assert_eq!(long.text(), "SELECT id, name FROM products WHERE id = $1");
+        let short = statement("SELECT 1", " \n");
+        assert_eq!(short.text(), "SELECT 1");
     }
 
     #[test]
