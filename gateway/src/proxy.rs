@@ -3,6 +3,7 @@
 //! this path. Reserved `Mc-` headers from the client are dropped, so no
 //! client input can pose as gateway metadata.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -60,14 +61,19 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
     };
 
     // The server span of the trace; the service's handler continues it.
+    // Its fields are strings, which no layer formats.
     let trace = microcore::telemetry::continue_trace(&parts.headers, || {
+        let name = match target.wire_route.to_str() {
+            Ok(name) => Cow::Borrowed(name),
+            Err(_) => Cow::Owned(format!("{} {}", parts.method, target.route)),
+        };
         tracing::info_span!(
             "http request",
-            otel.name = %format_args!("{} {}", parts.method, target.route),
+            otel.name = &*name,
             otel.kind = "server",
-            http.request.method = %parts.method,
-            http.route = %target.route,
-            url.path = %path,
+            http.request.method = parts.method.as_str(),
+            http.route = &*target.route,
+            url.path = path,
             http.response.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,

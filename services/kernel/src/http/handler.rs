@@ -115,13 +115,13 @@ async fn answer(route: &Route, request: Message) -> Message {
     let trace = crate::telemetry::continue_trace(&headers, || {
         tracing::info_span!(
             "request",
-            otel.name = %format_args!("{} {}", route.method, route.path),
+            otel.name = route.endpoint.as_str(),
             otel.kind = "server",
-            plugin = %route.plugin,
-            request_id = %request_id,
-            route = %format_args!("{} {}", route.method, route.path),
-            http.request.method = %route.method,
-            http.route = %route.path,
+            plugin = route.plugin.as_str(),
+            request_id = request_id.as_str(),
+            route = route.endpoint.as_str(),
+            http.request.method = route.method.as_str(),
+            http.route = route.path.as_str(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         )

@@ -113,6 +113,8 @@ pub(crate) struct Route {
     pub name: String,
     pub method: Method,
     pub path: String,
+    /// `GET /products/{id}`: what its spans and log lines call it.
+    pub endpoint: String,
     pub timeout: Duration,
     pub success: StatusCode,
     /// Only requests with a verified access token reach the handler.
@@ -359,6 +361,7 @@ impl RouteBuilder<'_> {
         self.http.add(Route {
             plugin,
             name,
+            endpoint: format!("{} {}", self.method, self.path),
             method: self.method,
             path: self.path,
             timeout: self.timeout,

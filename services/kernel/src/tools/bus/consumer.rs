@@ -156,9 +156,9 @@ impl Worker {
                 otel.kind = "consumer",
                 messaging.system = "nats",
                 messaging.operation.type = "process",
-                messaging.destination.name = %envelope.event,
-                messaging.message.id = %envelope.id,
-                messaging.consumer.group.name = %self.subscription.subscriber,
+                messaging.destination.name = envelope.event.as_str(),
+                messaging.message.id = envelope.id.as_str(),
+                messaging.consumer.group.name = self.subscription.subscriber.as_str(),
                 trace_id = tracing::field::Empty,
                 span_id = tracing::field::Empty,
             )

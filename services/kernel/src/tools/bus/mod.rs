@@ -264,8 +264,8 @@ fn producer_span(event: &str, subject: &str, id: &str) -> (tracing::Span, Header
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            messaging.message.id = %id,
+            messaging.destination.name = subject,
+            messaging.message.id = id,
         )
     });
     let mut headers = HeaderMap::new();

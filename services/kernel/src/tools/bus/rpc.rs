@@ -91,7 +91,7 @@ impl Bus {
                 otel.name = %format_args!("request {name}"),
                 otel.kind = "client",
                 rpc.system = "nats",
-                rpc.method = %name,
+                rpc.method = name,
             )
         });
         let mut headers = HeaderMap::new();
@@ -259,8 +259,8 @@ pub(crate) async fn serve(responder: &Responder, metrics: &ResponderMetrics, inc
             otel.name = %format_args!("respond {}", responder.name),
             otel.kind = "server",
             rpc.system = "nats",
-            rpc.method = %responder.name,
-            plugin = %responder.plugin,
+            rpc.method = responder.name.as_str(),
+            plugin = responder.plugin.as_str(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         )
