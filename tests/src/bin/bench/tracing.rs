@@ -229,9 +229,9 @@ pub async fn measure(client: &reqwest::Client, options: &Options) -> anyhow::Res
 }
 
 /// Measures the requests `make` builds for each system: a warm-up each,
-/// then `options.rounds` slices of the measured time, one system after the other
-/// in each round, so that whatever drifts on the shared machine weighs on
-/// all configurations alike.
+/// then `options.rounds` slices of the measured time, one system after
+/// the other in each round, so that whatever drifts on the shared machine
+/// weighs on all configurations alike.
 async fn measure_on_each(
     client: &reqwest::Client,
     options: &Options,
