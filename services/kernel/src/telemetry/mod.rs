@@ -295,15 +295,20 @@ pub(crate) fn log_context(make_span: impl FnOnce() -> tracing::Span) -> tracing:
     )
 }
 
-/// Creates, with `make_span`, a span inside the trace being handled (a
-/// publish, a request to another service); inside an unsampled trace whose
-/// spans the logs cannot show, none: no layer would record it, and
-/// [`inject`] carries the trace on without it.
-pub(crate) fn span_in_trace(make_span: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if sampling::carried().is_some() && !logs_may_show_info_spans() {
-        return tracing::Span::none();
-    }
-    make_span()
+/// The span of sending a message inside the trace being handled (a
+/// publish, a request to another service), created with `make_span`, and
+/// the headers that carry the trace to the message's receivers. Inside an
+/// unsampled trace whose spans the logs cannot show, no span is built: no
+/// layer would record it, and the headers carry the trace on without it.
+pub(crate) fn outgoing(make_span: impl FnOnce() -> tracing::Span) -> (tracing::Span, HeaderMap) {
+    let span = if sampling::carried().is_some() && !logs_may_show_info_spans() {
+        tracing::Span::none()
+    } else {
+        make_span()
+    };
+    let mut headers = HeaderMap::new();
+    inject(&span, &mut headers);
+    (span, headers)
 }
 
 /// The handling of one message in its trace: the span it runs in and, for

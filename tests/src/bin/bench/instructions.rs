@@ -27,17 +27,15 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use microcore_e2e::otlp::Collector;
 use microcore_e2e::{Launcher, System};
-use sqlx::postgres::PgPoolOptions;
 
 use crate::load::MakeRequest;
-use crate::tracing::{CONFIGURATIONS, Configuration, environment};
-use crate::{create, get_by_id, seed};
+use crate::tracing::{CONFIGURATIONS, Configuration, start_seeded};
+use crate::{create, get_by_id};
 
 /// Requests counted per configuration and method.
 const REQUESTS: u64 = 2000;
@@ -170,23 +168,11 @@ async fn count(
             OsString::from(format!("--callgrind-out-file={}", out_file.display())),
         ],
     };
-    let mut builder = System::builder()
+    let builder = System::builder()
         .launcher(launcher)
         .gateway_env("MC_DISCOVERY_INTERVAL_MS", 3_600_000);
-    for (name, value) in environment(configuration, &collector) {
-        builder = builder.gateway_env(name, &value).service_env(name, &value);
-    }
-    let mut system = builder.start().await;
-    system.start_gateway().await;
-    let mut products = system.start_products().await;
-    system.wait_until_routable().await;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(system.db().url())
-        .await
-        .context("connecting to the database to seed it")?;
-    let ids = Arc::new(seed(&pool, seeded).await?);
-    pool.close().await;
+    let (mut system, mut products, ids) =
+        start_seeded(builder, configuration, &collector, seeded).await?;
 
     let base = system.http().base().to_owned();
     let mut counted = [

@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use microcore_e2e::otlp::Collector;
-use microcore_e2e::{ServiceInstance, System, wait};
+use microcore_e2e::{ServiceInstance, System, SystemBuilder, wait};
 use sqlx::postgres::PgPoolOptions;
 
 use crate::cpu::{self, Watched};
@@ -153,6 +153,32 @@ struct Running {
     watched: [Watched; 3],
 }
 
+/// Starts the system `builder` describes with the gateway and products
+/// in `configuration`, exporting to `collector`, waits until it routes,
+/// and seeds `seeded` products; their ids.
+pub(crate) async fn start_seeded(
+    mut builder: SystemBuilder,
+    configuration: &Configuration,
+    collector: &Collector,
+    seeded: usize,
+) -> anyhow::Result<(System, ServiceInstance, Arc<Vec<i64>>)> {
+    for (name, value) in environment(configuration, collector) {
+        builder = builder.gateway_env(name, &value).service_env(name, &value);
+    }
+    let mut system = builder.start().await;
+    system.start_gateway().await;
+    let products = system.start_products().await;
+    system.wait_until_routable().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(system.db().url())
+        .await
+        .context("connecting to the database to seed it")?;
+    let ids = Arc::new(seed(&pool, seeded).await?);
+    pool.close().await;
+    Ok((system, products, ids))
+}
+
 /// Starts a fresh system in `configuration` and seeds it.
 async fn start(
     configuration: &'static Configuration,
@@ -165,22 +191,8 @@ async fn start(
     // Started for "off" too: that it receives nothing is part of the
     // check.
     let collector = Collector::start().await;
-    let mut builder = System::builder();
-    for (name, value) in environment(configuration, &collector) {
-        builder = builder.gateway_env(name, &value).service_env(name, &value);
-    }
-    let mut system = builder.start().await;
-    system.start_gateway().await;
-    let mut products = system.start_products().await;
-    system.wait_until_routable().await;
-
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(system.db().url())
-        .await
-        .context("connecting to the database to seed it")?;
-    let ids = Arc::new(seed(&pool, options.seed).await?);
-    pool.close().await;
+    let (mut system, mut products, ids) =
+        start_seeded(System::builder(), configuration, &collector, options.seed).await?;
     let watched = [
         Watched::new("gateway", system.gateway().process().pid()),
         Watched::new("products", products.process().pid()),

@@ -257,7 +257,7 @@ impl Publication<'_> {
 /// The span of publishing one event (OpenTelemetry messaging conventions)
 /// and the headers that carry its trace context to the consumers.
 fn producer_span(event: &str, subject: &str, id: &str) -> (tracing::Span, HeaderMap) {
-    let span = crate::telemetry::span_in_trace(|| {
+    crate::telemetry::outgoing(|| {
         tracing::info_span!(
             "publish",
             otel.name = %format_args!("publish {event}"),
@@ -267,10 +267,7 @@ fn producer_span(event: &str, subject: &str, id: &str) -> (tracing::Span, Header
             messaging.destination.name = subject,
             messaging.message.id = id,
         )
-    });
-    let mut headers = HeaderMap::new();
-    crate::telemetry::inject(&span, &mut headers);
-    (span, headers)
+    })
 }
 
 /// A fresh envelope for `payload`, caused by whatever the current task

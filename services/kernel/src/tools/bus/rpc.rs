@@ -85,7 +85,7 @@ impl Bus {
         let body =
             serde_json::to_vec(&envelope).map_err(|e| RpcError::Serialize(name.to_owned(), e))?;
         let subject = self.subjects.rpc(name);
-        let span = crate::telemetry::span_in_trace(|| {
+        let (span, headers) = crate::telemetry::outgoing(|| {
             tracing::info_span!(
                 "request",
                 otel.name = %format_args!("request {name}"),
@@ -94,8 +94,6 @@ impl Bus {
                 rpc.method = name,
             )
         });
-        let mut headers = HeaderMap::new();
-        crate::telemetry::inject(&span, &mut headers);
         let reply = self
             .transport
             .request(&subject, Message::new(headers, body), timeout)
