@@ -1,14 +1,15 @@
 //! An OTLP/HTTP receiver for the tracing suite. Services export to it as
-//! they would to a collector (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`, a
-//! short batch delay), and the test reads the spans back, flattened, with
-//! the service that sent each. Metric exports are received too: the test
-//! reads which metrics each service and instance sent.
+//! they would to a collector (in `http/protobuf`, the default, or in
+//! `http/json`, with a short batch delay), and the test reads the spans
+//! back, flattened, with the service that sent each. Metric exports are
+//! received too, in JSON: the test reads which metrics each service and
+//! instance sent.
 //!
-//! It also accepts the default protocol, `http/protobuf`, for the
-//! benchmark, which measures what export costs the way it is shipped:
-//! those spans are only counted ([`Collector::span_count`]), by walking
-//! the wire format down to them, so that the receiver, sharing the
-//! machine with the processes measured, costs them next to nothing.
+//! For the benchmark, which measures what export costs the way it is
+//! shipped, the receiver only counts protobuf spans
+//! ([`Collector::counting`]), by walking the wire format down to them, so
+//! that, sharing the machine with the processes measured, it costs them
+//! next to nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,9 +45,11 @@ pub struct Span {
 /// What the receiver has been sent.
 #[derive(Default)]
 struct Received {
-    /// The spans of JSON export requests.
+    /// Whether protobuf spans are only counted, not kept.
+    counting: bool,
+    /// The spans received and kept.
     spans: Mutex<Vec<Span>>,
-    /// How many spans protobuf export requests carried.
+    /// How many spans protobuf export requests carried, when counting.
     protobuf_spans: AtomicUsize,
     /// Export requests accepted, either protocol.
     requests: AtomicUsize,
@@ -63,8 +66,22 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// A receiver that keeps every span.
     pub async fn start() -> Self {
-        let received: Arc<Received> = Arc::default();
+        Self::serve(Received::default()).await
+    }
+
+    /// A receiver that only counts the spans sent in protobuf.
+    pub async fn counting() -> Self {
+        Self::serve(Received {
+            counting: true,
+            ..Received::default()
+        })
+        .await
+    }
+
+    async fn serve(received: Received) -> Self {
+        let received = Arc::new(received);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port for the collector");
@@ -88,17 +105,27 @@ impl Collector {
         format!("http://{}", self.address)
     }
 
-    /// The variables that point a process's trace export here.
+    /// The variables that point a process's export here: spans in the
+    /// default protocol, `http/protobuf`, metrics in JSON.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                "http/json".to_owned(),
+            ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ]
     }
 
-    /// Every span received so far in JSON; protobuf ones are only
-    /// counted.
+    /// As [`env`](Self::env), spans in `http/json` too.
+    pub fn env_json(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()));
+        env
+    }
+
+    /// Every span received so far, unless [counting](Self::counting).
     pub fn spans(&self) -> Vec<Span> {
         self.received
             .spans
@@ -140,8 +167,8 @@ impl Drop for Collector {
     }
 }
 
-/// One export request: protobuf bodies are counted, anything else is
-/// read as JSON.
+/// One export request: protobuf bodies are decoded (or, counting, only
+/// counted), anything else is read as JSON.
 async fn receive(
     State(received): State<Arc<Received>>,
     headers: HeaderMap,
@@ -156,9 +183,15 @@ async fn receive(
         received.requests.fetch_add(1, Ordering::Relaxed);
         return "{}".into_response();
     }
-    match count_protobuf_spans(&body) {
-        Some(count) => {
+    let accepted = if received.counting {
+        count_protobuf_spans(&body).map(|count| {
             received.protobuf_spans.fetch_add(count, Ordering::Relaxed);
+        })
+    } else {
+        receive_protobuf(&received, &body)
+    };
+    match accepted {
+        Some(_) => {
             received.requests.fetch_add(1, Ordering::Relaxed);
             // An empty `ExportTraceServiceResponse`: everything accepted.
             ([(header::CONTENT_TYPE, PROTOBUF)], Bytes::new()).into_response()
@@ -226,6 +259,71 @@ fn receive_json(received: &Received, body: &[u8]) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .extend(spans);
+}
+
+/// Keeps the spans of a protobuf `ExportTraceServiceRequest`; `None` when
+/// the body is not one.
+fn receive_protobuf(received: &Received, body: &[u8]) -> Option<()> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    let request = ExportTraceServiceRequest::decode(body).ok()?;
+    let mut spans = Vec::new();
+    for resource in request.resource_spans {
+        let resource_attributes =
+            protobuf_attributes(resource.resource.map(|r| r.attributes).unwrap_or_default());
+        let service = resource_attributes
+            .get("service.name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        for span in resource
+            .scope_spans
+            .into_iter()
+            .flat_map(|scope| scope.spans)
+        {
+            spans.push(Span {
+                service: service.clone(),
+                trace_id: hex::encode(&span.trace_id),
+                span_id: hex::encode(&span.span_id),
+                parent_span_id: hex::encode(&span.parent_span_id),
+                name: span.name,
+                kind: i64::from(span.kind),
+                attributes: protobuf_attributes(span.attributes),
+            });
+        }
+    }
+    received
+        .spans
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(spans);
+    Some(())
+}
+
+/// Protobuf attributes as a map of JSON values, as [`attributes`] reads
+/// JSON ones.
+fn protobuf_attributes(
+    list: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+) -> Map<String, Value> {
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+
+    fn json(value: Option<AnyValue>) -> Value {
+        match value.and_then(|v| v.value) {
+            Some(Any::StringValue(text)) => Value::from(text),
+            Some(Any::BoolValue(flag)) => Value::from(flag),
+            Some(Any::IntValue(number)) => Value::from(number),
+            Some(Any::DoubleValue(number)) => Value::from(number),
+            Some(Any::ArrayValue(array)) => {
+                Value::Array(array.values.into_iter().map(|v| json(Some(v))).collect())
+            }
+            _ => Value::Null,
+        }
+    }
+    list.into_iter()
+        .map(|kv| (kv.key, json(kv.value)))
+        .collect()
 }
 
 /// The spans of a protobuf `ExportTraceServiceRequest`, counted without

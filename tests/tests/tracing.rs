@@ -39,15 +39,18 @@ fn span<'a>(trace: &'a [Span], service: &str, name: &str) -> &'a Span {
     }
 }
 
-/// The shop, every process exporting to `collector` with the default
-/// sampler (each follows the sampling of its parent), the services logging
-/// as `rust_log` says.
-async fn traced_shop(collector: &Collector, rust_log: &str) -> (System, Vec<ServiceInstance>) {
+/// The shop, every process exporting with `export` (a [`Collector`]'s
+/// variables) and the default sampler (each follows the sampling of its
+/// parent), the services logging as `rust_log` says.
+async fn traced_shop(
+    export: Vec<(&str, String)>,
+    rust_log: &str,
+) -> (System, Vec<ServiceInstance>) {
     let mut builder = System::builder()
         .gateway_env("MC_AUTH_SECRET", SECRET)
         .service_env("MC_AUTH_SECRET", SECRET)
         .service_env("RUST_LOG", rust_log);
-    for (name, value) in collector.env() {
+    for (name, value) in export {
         builder = builder.gateway_env(name, &value).service_env(name, &value);
     }
     builder.with_shop().await
@@ -67,7 +70,7 @@ async fn new_product(http: &HttpClient, name: &str, stock: i64) -> serde_json::V
 #[tokio::test]
 async fn one_trace_follows_an_order_through_every_service_it_touches() {
     let collector = Collector::start().await;
-    let (system, mut services) = traced_shop(&collector, "info,microcore=debug").await;
+    let (system, mut services) = traced_shop(collector.env(), "info,microcore=debug").await;
     let http = system.http();
     let token = http.sign_up("ada@example.com", "correct horse").await.token;
     let teapot = new_product(http, "Teapot", 3).await;
@@ -263,8 +266,9 @@ async fn logged_span(
 #[tokio::test]
 async fn an_unsampled_trace_records_nothing_yet_keeps_its_id_across_services() {
     let collector = Collector::start().await;
-    // Statements are logged inside the spans that run them.
-    let (system, mut services) = traced_shop(&collector, "info,sqlx::query=debug").await;
+    // Statements are logged inside the spans that run them. Spans go out
+    // in JSON, the protocol opentelemetry-otlp's exporter serves.
+    let (system, mut services) = traced_shop(collector.env_json(), "info,sqlx::query=debug").await;
     let http = system.http();
     let token = http.sign_up("lin@example.com", "correct horse").await.token;
     let urn = new_product(http, "Urn", 5).await;
@@ -293,7 +297,7 @@ async fn an_unsampled_trace_is_carried_on_where_no_span_is_built() {
     let collector = Collector::start().await;
     // At `warn` no log line shows a span, so no process builds one for an
     // unsampled request: its context travels without any.
-    let (system, _services) = traced_shop(&collector, "warn").await;
+    let (system, _services) = traced_shop(collector.env(), "warn").await;
     let http = system.http();
     let token = http.sign_up("kim@example.com", "correct horse").await.token;
     let vase = new_product(http, "Vase", 5).await;

@@ -12,7 +12,7 @@
 //!   [`log_stream`]).
 //! - **Traces** go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   (or `…_TRACES_ENDPOINT`) is set, over HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`
-//!   `http/protobuf`, the default, or `http/json`), sampled as
+//!   `http/protobuf`, the default, written by [`otlp`], or `http/json`), sampled as
 //!   `OTEL_TRACES_SAMPLER` says, named by `OTEL_SERVICE_NAME` or the
 //!   service. Unset, no span leaves the process and nothing is exported.
 //!   The W3C trace context rides in the headers of every message
@@ -28,6 +28,7 @@
 
 mod log_stream;
 pub mod metrics;
+mod otlp;
 mod sampling;
 mod sql;
 mod trace_context;
@@ -231,18 +232,32 @@ fn otlp_setting_given(setting: &str, signal: &str) -> bool {
     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
 }
 
-/// The exporting provider when an OTLP endpoint is configured.
-fn tracer_provider(
-    service: &str,
-) -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+/// Why trace export could not start.
+#[derive(Debug, thiserror::Error)]
+enum TraceExportError {
+    #[error(transparent)]
+    Protobuf(#[from] otlp::ExportSetupError),
+    #[error(transparent)]
+    Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// The exporting provider when an OTLP endpoint is configured: with this
+/// crate's exporter for `http/protobuf` (see [`otlp`]), with
+/// opentelemetry-otlp's for the rest.
+fn tracer_provider(service: &str) -> Result<Option<SdkTracerProvider>, TraceExportError> {
     if !otlp_configured("TRACES") {
         return Ok(None);
     }
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-    if let Some(protocol) = otlp_default_protocol("TRACES") {
-        exporter = exporter.with_protocol(protocol);
-    }
-    let exporter = exporter.build()?;
+    let provider = match otlp::ProtobufExporter::from_env()? {
+        Some(exporter) => SdkTracerProvider::builder().with_batch_exporter(exporter),
+        None => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+            if let Some(protocol) = otlp_default_protocol("TRACES") {
+                exporter = exporter.with_protocol(protocol);
+            }
+            SdkTracerProvider::builder().with_batch_exporter(exporter.build()?)
+        }
+    };
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(service.to_owned());
@@ -250,8 +265,7 @@ fn tracer_provider(
     // `OTEL_TRACES_SAMPLER`, read by the SDK's default configuration, both
     // for the SDK and for the decisions taken before spans are built.
     let sampler = opentelemetry_sdk::trace::Config::default().sampler;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+    let provider = provider
         .with_resource(resource.build())
         .with_sampler(sampler.clone())
         .with_id_generator(sampling::DecidedIds::default())
@@ -311,6 +325,23 @@ pub(crate) fn outgoing(make_span: impl FnOnce() -> tracing::Span) -> (tracing::S
     (span, headers)
 }
 
+/// Records the `trace_id` of `ids` on `span`, and its `span_id` too if
+/// `with_span_id`, as strings: no layer formats them, and the
+/// OpenTelemetry layer is not shown them (see [`sampling`]).
+fn record_ids(span: &tracing::Span, ids: &opentelemetry::trace::SpanContext, with_span_id: bool) {
+    let mut trace_id = [0; 32];
+    trace_context::encode_hex(&ids.trace_id().to_bytes(), &mut trace_id);
+    span.record(
+        "trace_id",
+        std::str::from_utf8(&trace_id).unwrap_or_default(),
+    );
+    if with_span_id {
+        let mut span_id = [0; 16];
+        trace_context::encode_hex(&ids.span_id().to_bytes(), &mut span_id);
+        span.record("span_id", std::str::from_utf8(&span_id).unwrap_or_default());
+    }
+}
+
 /// The handling of one message in its trace: the span it runs in and, for
 /// an unsampled trace, the context its messages carry on.
 pub struct Trace {
@@ -344,10 +375,8 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
             (tracing::Span::none(), Some(carried))
         }
         sampling::Decision::Skip(carried) => {
-            let trace_id = carried.trace_id();
             let span = sampling::entry(Some(carried.clone()), make_span);
-            // Formatted only by a layer that shows it.
-            span.record("trace_id", tracing::field::display(trace_id));
+            record_ids(&span, &carried, false);
             (span, Some(carried))
         }
         sampling::Decision::Record { parent, new_trace } => {
@@ -362,8 +391,7 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
             let ids = started.span_context();
             // For the log lines, and only if they may show the span.
             if ids.is_valid() && logs_may_show_info_spans() {
-                span.record("trace_id", tracing::field::display(ids.trace_id()));
-                span.record("span_id", tracing::field::display(ids.span_id()));
+                record_ids(&span, ids, true);
             }
             (span, None)
         }

@@ -77,12 +77,12 @@ fn traceparent(context: &SpanContext) -> Option<HeaderValue> {
     }
     let mut text = [0u8; CANONICAL_LEN];
     text[..3].copy_from_slice(b"00-");
-    hex::encode_to_slice(context.trace_id().to_bytes(), &mut text[3..35]).ok()?;
+    encode_hex(&context.trace_id().to_bytes(), &mut text[3..35]);
     text[35] = b'-';
-    hex::encode_to_slice(context.span_id().to_bytes(), &mut text[36..52]).ok()?;
+    encode_hex(&context.span_id().to_bytes(), &mut text[36..52]);
     text[52] = b'-';
     let flags = context.trace_flags() & TraceFlags::SAMPLED;
-    hex::encode_to_slice([flags.to_u8()], &mut text[53..]).ok()?;
+    encode_hex(&[flags.to_u8()], &mut text[53..]);
     HeaderValue::from_bytes(&text).ok()
 }
 
@@ -93,16 +93,15 @@ fn parse_canonical(text: &[u8]) -> Option<SpanContext> {
         || !text.starts_with(b"00-")
         || text[35] != b'-'
         || text[52] != b'-'
-        || text.iter().any(u8::is_ascii_uppercase)
     {
         return None;
     }
     let mut trace_id = [0u8; 16];
-    hex::decode_to_slice(&text[3..35], &mut trace_id).ok()?;
+    decode_hex(&text[3..35], &mut trace_id)?;
     let mut span_id = [0u8; 8];
-    hex::decode_to_slice(&text[36..52], &mut span_id).ok()?;
+    decode_hex(&text[36..52], &mut span_id)?;
     let mut flags = [0u8; 1];
-    hex::decode_to_slice(&text[53..], &mut flags).ok()?;
+    decode_hex(&text[53..], &mut flags)?;
     let context = SpanContext::new(
         TraceId::from_bytes(trace_id),
         SpanId::from_bytes(span_id),
@@ -111,6 +110,36 @@ fn parse_canonical(text: &[u8]) -> Option<SpanContext> {
         Default::default(),
     );
     context.is_valid().then_some(context)
+}
+
+/// `bytes` in lower-case hex, as trace context writes ids, into `out`,
+/// twice as long.
+pub(super) fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+}
+
+/// Lower-case hex `text` into `out`, half as long; `None` for anything
+/// else. Trace context allows only lower case, which general-purpose hex
+/// decoders do not check.
+fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    if text.len() != 2 * out.len() {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(())
 }
 
 #[cfg(test)]
@@ -140,6 +169,8 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
             "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-XYZxsf09",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",

@@ -129,22 +129,37 @@ fn valgrind_installed() -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-/// Counts (a) and (b) in every configuration of (j) but the second "off".
+/// Counts (a) and (b) in every configuration of (j) but the second "off",
+/// leaving callgrind's dumps in `keep_in` when it is given.
 pub async fn measure(
     client: &reqwest::Client,
     seeded: usize,
+    keep_in: Option<&Path>,
 ) -> anyhow::Result<InstructionsReport> {
     if !valgrind_installed() {
         return Ok(InstructionsReport { counts: None });
     }
-    let directory = tempfile::tempdir().context("creating a directory for callgrind's dumps")?;
+    let temporary;
+    let directory = match keep_in {
+        Some(directory) => {
+            std::fs::create_dir_all(directory)
+                .with_context(|| format!("creating {}", directory.display()))?;
+            eprintln!("callgrind's dumps go to {}", directory.display());
+            directory
+        }
+        None => {
+            temporary =
+                tempfile::tempdir().context("creating a directory for callgrind's dumps")?;
+            temporary.path()
+        }
+    };
     let mut counts = Vec::new();
     for configuration in CONFIGURATIONS.iter().take(4) {
         eprintln!(
             "instructions {}: starting the gateway and products under callgrind…",
             configuration.label
         );
-        counts.push(count(client, configuration, directory.path(), seeded).await?);
+        counts.push(count(client, configuration, directory, seeded).await?);
     }
     Ok(InstructionsReport {
         counts: Some(counts),
@@ -159,7 +174,7 @@ async fn count(
     directory: &Path,
     seeded: usize,
 ) -> anyhow::Result<Count> {
-    let collector = Collector::start().await;
+    let collector = Collector::counting().await;
     let out_file = directory.join("callgrind.%p");
     let launcher = Launcher {
         program: PathBuf::from("valgrind"),

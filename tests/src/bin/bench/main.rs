@@ -89,7 +89,7 @@ use crate::load::{
 const USAGE: &str = "\
 usage: bench [--duration-secs N] [--concurrency N] [--seed N]
              [--events N] [--publish-concurrency N] [--event-rate N] [--tracing]
-             [--rounds N] [--only LETTERS]
+             [--rounds N] [--only LETTERS] [--callgrind-dir DIR]
   --duration-secs        measured seconds per HTTP scenario and of (g) (default 10)
   --rounds               slices each scenario's measured seconds are cut into, taken in turn
                          across the scenarios compared; even (default: one per second, at least 4)
@@ -102,7 +102,9 @@ usage: bench [--duration-secs N] [--concurrency N] [--seed N]
                          off again; (k) instructions per request, under callgrind
   --only                 the scenarios to measure, by letter: `--only de` for (d) and (e),
                          `--only jk` for tracing alone (default: a to i, and j and k with
-                         --tracing)";
+                         --tracing)
+  --callgrind-dir        keep (k)'s callgrind dumps in DIR, for callgrind_annotate: per process,
+                         .1 idle, .2 the GETs, .3 the POSTs (default: a temporary directory)";
 
 struct Options {
     duration: Duration,
@@ -118,6 +120,8 @@ struct Options {
     tracing: bool,
     /// The scenarios `--only` names, by letter.
     only: Option<String>,
+    /// Where (k) leaves its callgrind dumps; a temporary directory if unset.
+    callgrind_dir: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -141,6 +145,7 @@ fn parse_args() -> anyhow::Result<Options> {
         event_rate: 2000,
         tracing: false,
         only: None,
+        callgrind_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -160,6 +165,10 @@ fn parse_args() -> anyhow::Result<Options> {
                 bail!("--only {value}: scenario letters a to k\n{USAGE}");
             }
             options.only = Some(value);
+            continue;
+        }
+        if flag == "--callgrind-dir" {
+            options.callgrind_dir = Some(value.into());
             continue;
         }
         let number: u64 = value
@@ -435,7 +444,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         None
     };
     let instructions_report = if options.runs('k') {
-        Some(instructions::measure(&client, options.seed).await?)
+        Some(instructions::measure(&client, options.seed, options.callgrind_dir.as_deref()).await?)
     } else {
         None
     };

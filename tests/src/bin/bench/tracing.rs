@@ -190,7 +190,7 @@ async fn start(
     );
     // Started for "off" too: that it receives nothing is part of the
     // check.
-    let collector = Collector::start().await;
+    let collector = Collector::counting().await;
     let (mut system, mut products, ids) =
         start_seeded(System::builder(), configuration, &collector, options.seed).await?;
     let watched = [
