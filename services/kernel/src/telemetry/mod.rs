@@ -210,7 +210,7 @@ pub fn init(service: &str) -> Telemetry {
 /// Whether OTLP export of `signal` (`TRACES`, `METRICS`) is configured:
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` or the signal's own endpoint is set.
 fn otlp_configured(signal: &str) -> bool {
-    otlp_setting_given("ENDPOINT", signal)
+    otlp_setting("ENDPOINT", signal).is_some()
 }
 
 /// The OTLP protocol to set when the environment names none for `signal`:
@@ -218,18 +218,20 @@ fn otlp_configured(signal: &str) -> bool {
 /// built in, the exporter would pick JSON). `None`: the exporter follows
 /// the environment.
 fn otlp_default_protocol(signal: &str) -> Option<opentelemetry_otlp::Protocol> {
-    (!otlp_setting_given("PROTOCOL", signal)).then_some(opentelemetry_otlp::Protocol::HttpBinary)
+    otlp_setting("PROTOCOL", signal)
+        .is_none()
+        .then_some(opentelemetry_otlp::Protocol::HttpBinary)
 }
 
-/// Whether `OTEL_EXPORTER_OTLP_<setting>` or its `signal`'s own
-/// `OTEL_EXPORTER_OTLP_<signal>_<setting>` is set and not empty.
-fn otlp_setting_given(setting: &str, signal: &str) -> bool {
+/// The `signal`'s own `OTEL_EXPORTER_OTLP_<signal>_<setting>`, else
+/// `OTEL_EXPORTER_OTLP_<setting>`, when set and not empty.
+fn otlp_setting(setting: &str, signal: &str) -> Option<String> {
     [
-        format!("OTEL_EXPORTER_OTLP_{setting}"),
         format!("OTEL_EXPORTER_OTLP_{signal}_{setting}"),
+        format!("OTEL_EXPORTER_OTLP_{setting}"),
     ]
     .iter()
-    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
+    .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
 }
 
 /// Why trace export could not start.
@@ -325,20 +327,21 @@ pub(crate) fn outgoing(make_span: impl FnOnce() -> tracing::Span) -> (tracing::S
     (span, headers)
 }
 
-/// Records the `trace_id` of `ids` on `span`, and its `span_id` too if
-/// `with_span_id`, as strings: no layer formats them, and the
-/// OpenTelemetry layer is not shown them (see [`sampling`]).
-fn record_ids(span: &tracing::Span, ids: &opentelemetry::trace::SpanContext, with_span_id: bool) {
-    let mut trace_id = [0; 32];
-    trace_context::encode_hex(&ids.trace_id().to_bytes(), &mut trace_id);
-    span.record(
-        "trace_id",
-        std::str::from_utf8(&trace_id).unwrap_or_default(),
-    );
-    if with_span_id {
-        let mut span_id = [0; 16];
-        trace_context::encode_hex(&ids.span_id().to_bytes(), &mut span_id);
-        span.record("span_id", std::str::from_utf8(&span_id).unwrap_or_default());
+/// Records `trace_id`, and `span_id` when there is one, on `span` as
+/// strings: no layer formats them, and the OpenTelemetry layer is not
+/// shown them (see [`sampling`]).
+fn record_ids(
+    span: &tracing::Span,
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: Option<opentelemetry::trace::SpanId>,
+) {
+    let mut hex = [0; 32];
+    trace_context::encode_hex(&trace_id.to_bytes(), &mut hex);
+    span.record("trace_id", std::str::from_utf8(&hex).unwrap_or_default());
+    if let Some(span_id) = span_id {
+        let hex = &mut hex[..16];
+        trace_context::encode_hex(&span_id.to_bytes(), hex);
+        span.record("span_id", std::str::from_utf8(hex).unwrap_or_default());
     }
 }
 
@@ -376,7 +379,7 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
         }
         sampling::Decision::Skip(carried) => {
             let span = sampling::entry(Some(carried.clone()), make_span);
-            record_ids(&span, &carried, false);
+            record_ids(&span, carried.trace_id(), None);
             (span, Some(carried))
         }
         sampling::Decision::Record { parent, new_trace } => {
@@ -391,7 +394,7 @@ pub fn continue_trace(headers: &HeaderMap, make_span: impl FnOnce() -> tracing::
             let ids = started.span_context();
             // For the log lines, and only if they may show the span.
             if ids.is_valid() && logs_may_show_info_spans() {
-                record_ids(&span, ids, true);
+                record_ids(&span, ids.trace_id(), Some(ids.span_id()));
             }
             (span, None)
         }

@@ -148,8 +148,7 @@ impl SpanExporter for ProtobufExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let body =
             protobuf::export_request(&self.resource.message, &self.resource.schema_url, &batch);
-        // Before the post, which can wait: the spans go back to the SDK's
-        // allocator now.
+        // Freed now, not after a post that may wait out retries.
         drop(batch);
         self.post(body)
     }
@@ -215,15 +214,9 @@ fn retry_delay(failure: &Failure, attempt: u32) -> Option<Duration> {
     Some(backoff + Duration::from_nanos(jitter.into()))
 }
 
-/// `OTEL_EXPORTER_OTLP_TRACES_<setting>`, else `OTEL_EXPORTER_OTLP_<setting>`,
-/// when set and not empty.
+/// `OTEL_EXPORTER_OTLP_TRACES_<setting>`, else `OTEL_EXPORTER_OTLP_<setting>`.
 fn traces_setting(setting: &str) -> Option<String> {
-    [
-        format!("OTEL_EXPORTER_OTLP_TRACES_{setting}"),
-        format!("OTEL_EXPORTER_OTLP_{setting}"),
-    ]
-    .iter()
-    .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+    super::otlp_setting(setting, "TRACES")
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is, else
