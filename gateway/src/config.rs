@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use microcore::config::{ConfigError, auth_secret, parse};
+use microcore::config::{ConfigError, Variable, auth_secret, parse};
 use shared_schemas::subjects::DEFAULT_PREFIX;
 
 #[derive(Debug, Clone)]
@@ -32,6 +32,39 @@ pub struct GatewayConfig {
     /// `/system/traces` keeps in memory, default 500, at least 1.
     pub trace_buffer: usize,
 }
+
+/// The variables [`GatewayConfig::from_env`] reads, as `gateway env`
+/// prints them.
+pub const VARIABLES: &[Variable] = &[
+    Variable::required("NATS_URL", "NATS server(s), comma-separated"),
+    Variable::optional(
+        "MC_HTTP_ADDR",
+        "0.0.0.0:8080",
+        "HTTP listen address (probes too: /health/live, /health/ready)",
+    ),
+    Variable::optional(
+        "MC_AUTH_SECRET",
+        "",
+        "HS256 key verifying access tokens, shared with the services that issue them (unset: authenticated routes are refused)",
+    ),
+    Variable::optional("MC_SUBJECT_PREFIX", "mc", "prefix of every subject"),
+    Variable::optional("MC_BODY_LIMIT", "524288", "largest request body in bytes"),
+    Variable::optional(
+        "MC_DISCOVERY_INTERVAL_MS",
+        "5000",
+        "discovery sweep interval",
+    ),
+    Variable::optional(
+        "MC_ROUTE_RETENTION_SECS",
+        "300",
+        "how long routes of vanished services answer 503 before 404",
+    ),
+    Variable::optional(
+        "MC_TRACE_BUFFER",
+        "500",
+        "events and dead letters /system/traces keeps",
+    ),
+];
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -71,7 +104,9 @@ impl GatewayConfig {
             });
         }
         Ok(Self {
-            nats_url: lookup("NATS_URL").unwrap_or(defaults.nats_url),
+            nats_url: lookup("NATS_URL")
+                .filter(|url| !url.is_empty())
+                .unwrap_or(defaults.nats_url),
             subject_prefix: lookup("MC_SUBJECT_PREFIX").unwrap_or(defaults.subject_prefix),
             http_addr: parse(&lookup, "MC_HTTP_ADDR")?.unwrap_or(defaults.http_addr),
             body_limit: parse(&lookup, "MC_BODY_LIMIT")?.unwrap_or(defaults.body_limit),

@@ -122,6 +122,8 @@ impl Gateway {
         Router::new()
             .route("/openapi.json", get(proxy::openapi))
             .route("/health", get(health))
+            .route("/health/live", get(live))
+            .route("/health/ready", get(ready))
             .route("/system/routes", get(system::routes))
             .route("/system/status", get(system::status))
             .route("/system/events", get(events::topology))
@@ -194,6 +196,25 @@ fn drop_unusable_request_id(mut request: Request) -> Request {
             .remove(shared_schemas::http::REQUEST_ID);
     }
     request
+}
+
+/// The process answers: what a liveness probe asks.
+async fn live() -> Response {
+    envelope::ok(json!({ "status": "alive" }))
+}
+
+/// It can forward requests: connected to NATS. A gateway that knows no
+/// service yet is ready all the same: it answers their routes as soon as
+/// they announce themselves, and until then says why it cannot.
+async fn ready(State(proxy): State<Arc<Proxy>>) -> Response {
+    if proxy.transport.is_connected() {
+        envelope::ok(json!({ "status": "ready" }))
+    } else {
+        envelope::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: disconnected from NATS",
+        )
+    }
 }
 
 async fn health(State(proxy): State<Arc<Proxy>>) -> Response {

@@ -89,7 +89,12 @@ fn system_paths() -> Map<String, Value> {
     };
     let path_parameter = |name: &str, description: &str| json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}});
     [
-        ("/health", operation("health", "Liveness, live services and their transports")),
+        ("/health", operation("health", "Live services and their transports")),
+        ("/health/live", operation("health_live", "Liveness: the gateway answers")),
+        (
+            "/health/ready",
+            operation("health_ready", "Readiness: connected to NATS (503 otherwise)"),
+        ),
         (
             "/metrics",
             prometheus("gateway_metrics", "The gateway's own metrics", json!([])),

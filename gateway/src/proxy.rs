@@ -170,9 +170,14 @@ async fn relay(
         .await
     {
         Ok(reply) => into_response(reply, target),
+        // Nobody subscribes to the subject: the service restarts, or the
+        // only version serving this route left (it is retained for a while).
         Err(RequestError::NoResponders(_)) => envelope::error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("service `{}` has no live instance", target.service),
+            format!(
+                "no live instance of service `{}` serves {} {}",
+                target.service, parts.method, target.route
+            ),
         ),
         Err(RequestError::TimedOut(_, timeout)) => envelope::error(
             StatusCode::GATEWAY_TIMEOUT,

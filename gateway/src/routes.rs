@@ -47,6 +47,24 @@ pub struct Conflict {
     pub reason: String,
 }
 
+/// A route whose live versions (a canary beside the stable release, say)
+/// describe it differently: the gateway routes and documents it as the
+/// newest of them does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionConflict {
+    pub method: String,
+    pub path: String,
+    pub service: String,
+    /// Every live version serving the route, newest first.
+    pub versions: Vec<String>,
+    /// The version whose description `/openapi.json` shows.
+    pub documented_version: String,
+    /// What differs: `operation`, `schemas`, `authentication`, `timeout`,
+    /// `subject`.
+    pub differences: Vec<String>,
+    pub reason: String,
+}
+
 /// A route as `/system/routes` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteInfo {
@@ -54,6 +72,9 @@ pub struct RouteInfo {
     pub path: String,
     pub service: String,
     pub subject: String,
+    /// The live versions serving it, newest first; none while the route
+    /// is retained after its last instance left (it answers 503).
+    pub versions: Vec<String>,
 }
 
 /// The outcome of matching a request.
@@ -77,16 +98,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(claims: impl IntoIterator<Item = Claim>) -> Self {
+    /// The table of `claims`, each with the live versions that serve it.
+    pub fn build(claims: impl IntoIterator<Item = (Claim, Vec<String>)>) -> Self {
         let mut table = Self::default();
         let mut by_template: HashMap<String, usize> = HashMap::new();
-        for claim in claims {
-            table.add(claim, &mut by_template);
+        for (claim, versions) in claims {
+            table.add(claim, versions, &mut by_template);
         }
         table
     }
 
-    fn add(&mut self, claim: Claim, by_template: &mut HashMap<String, usize>) {
+    fn add(
+        &mut self,
+        claim: Claim,
+        versions: Vec<String>,
+        by_template: &mut HashMap<String, usize>,
+    ) {
         let path = claim.endpoint.path.clone();
         let lost = |kept_by: Option<String>, reason: String| Conflict {
             method: claim.endpoint.method.clone(),
@@ -145,6 +172,7 @@ impl RouteTable {
             path: path.clone(),
             service: claim.service.clone(),
             subject: claim.subject.clone(),
+            versions,
         });
         methods.push((
             method,
@@ -184,8 +212,8 @@ impl RouteTable {
 mod tests {
     use super::*;
 
-    fn claim(service: &str, method: &str, path: &str) -> Claim {
-        Claim {
+    fn claim(service: &str, method: &str, path: &str) -> (Claim, Vec<String>) {
+        let claim = Claim {
             service: service.into(),
             subject: format!("mc.http.{service}.{}", path.replace('/', "_")),
             endpoint: HttpEndpoint {
@@ -196,7 +224,8 @@ mod tests {
                 operation: serde_json::json!({}),
                 schemas: Default::default(),
             },
-        }
+        };
+        (claim, vec!["0.1.0".to_owned()])
     }
 
     fn found<'a>(table: &'a RouteTable, method: Method, path: &'a str) -> Option<&'a str> {

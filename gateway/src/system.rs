@@ -1,6 +1,8 @@
 //! The gateway's fleet views, built from what every live instance
 //! announces about itself (see the kernel's `status`): `/system/routes`,
-//! the route table with its conflicts, and `/system/status`, every service
+//! the route table (each route with the live versions serving it) and its
+//! conflicts: claims ignored, and routes the live versions of a service
+//! describe differently; and `/system/status`, every service
 //! with its instances, their plugins (ready, or dead and why), endpoints
 //! and subscriptions. The views built from what instances answer when
 //! asked are in `events` and `metrics`, and one part of `/system/status`
@@ -31,10 +33,7 @@ use crate::proxy::Proxy;
 /// `GET /system/routes`.
 pub async fn routes(State(proxy): State<Arc<Proxy>>) -> Response {
     let snapshot = proxy.routes.load();
-    envelope::ok(RoutesView {
-        routes: &snapshot.table.routes,
-        conflicts: &snapshot.conflicts,
-    })
+    envelope::ok(RoutesView::of(&snapshot))
 }
 
 /// `GET /system/status`.

@@ -144,6 +144,8 @@ async fn the_document_is_openapi_3_1_with_exactly_the_live_operations() {
     }
     let expected: BTreeSet<String> = [
         "get /health",
+        "get /health/live",
+        "get /health/ready",
         "get /metrics",
         "get /system/routes",
         "get /system/status",

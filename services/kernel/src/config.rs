@@ -2,6 +2,7 @@
 //! has a documented default except where a wrong guess would be worse than
 //! failing at boot.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,7 +41,100 @@ pub struct ServiceConfig {
     /// `MC_AUTH_TOKEN_TTL_SECS`: how long an issued token is valid,
     /// default 3600.
     pub auth_token_ttl: Duration,
+    /// `MC_HEALTH_ADDR`: where the instance answers `/health/live` and
+    /// `/health/ready`. Unset: no health listener, so instances on one
+    /// machine never compete for a port.
+    pub health_addr: Option<SocketAddr>,
+    /// `MC_MIGRATE_ON_BOOT`, default `true`. `false`: migrations are a
+    /// step of their own (`<service> migrate`), and a service that finds
+    /// one pending refuses to start.
+    pub migrate_on_boot: bool,
 }
+
+/// A variable a binary reads, as `<binary> env` prints it.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    /// What applies when it is unset, in words where it is not a value.
+    pub default: &'static str,
+    pub meaning: &'static str,
+    /// A deployment must set it: the default suits only a laptop.
+    pub required: bool,
+}
+
+pub const HEALTH_ADDR: &str = "MC_HEALTH_ADDR";
+pub const AUTH_SECRET: &str = "MC_AUTH_SECRET";
+
+impl Variable {
+    pub const fn optional(
+        name: &'static str,
+        default: &'static str,
+        meaning: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            default,
+            meaning,
+            required: false,
+        }
+    }
+
+    pub const fn required(name: &'static str, meaning: &'static str) -> Self {
+        Self {
+            name,
+            default: "",
+            meaning,
+            required: true,
+        }
+    }
+}
+
+/// The variables [`ServiceConfig::from_env`] reads.
+pub const SERVICE_VARIABLES: &[Variable] = &[
+    Variable::required("NATS_URL", "NATS server(s), comma-separated"),
+    Variable::required(
+        "DATABASE_URL",
+        "postgres://… or sqlite://… (unset: a SQLite file in MC_DATA_DIR)",
+    ),
+    Variable::required(
+        HEALTH_ADDR,
+        "listen address of /health/live and /health/ready (unset: none)",
+    ),
+    Variable::optional(
+        AUTH_SECRET,
+        "",
+        "HS256 key of access tokens, at least 32 bytes, shared with the gateway",
+    ),
+    Variable::optional(
+        "MC_AUTH_TOKEN_TTL_SECS",
+        "3600",
+        "lifetime of an issued access token",
+    ),
+    Variable::optional("MC_DATA_DIR", "data", "where the default SQLite files live"),
+    Variable::optional(
+        "MC_DB_SCHEMA",
+        "<the service name>",
+        "Postgres schema the service owns",
+    ),
+    Variable::optional("MC_DB_MAX_CONNECTIONS", "10", "database pool size"),
+    Variable::optional(
+        "MC_MIGRATE_ON_BOOT",
+        "true",
+        "false: `<service> migrate` is a separate step, and a pending migration stops the boot",
+    ),
+    Variable::optional("MC_SUBJECT_PREFIX", "mc", "prefix of every subject"),
+    Variable::optional("MC_REQUEST_TIMEOUT_MS", "10000", "default handler timeout"),
+    Variable::optional(
+        "MC_SHUTDOWN_GRACE_SECS",
+        "30",
+        "time in-flight work gets after SIGTERM",
+    ),
+    Variable::optional(
+        "MC_OUTBOX_RELAY_DELAY_MS",
+        "0",
+        "minimum age of a committed event before it is relayed",
+    ),
+];
 
 /// Where a service process finds NATS when `NATS_URL` is unset.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -59,6 +153,8 @@ impl Default for ServiceConfig {
             outbox_relay_delay: Duration::ZERO,
             auth_secret: None,
             auth_token_ttl: Duration::from_secs(3600),
+            health_addr: None,
+            migrate_on_boot: true,
         }
     }
 }
@@ -116,6 +212,9 @@ impl ServiceConfig {
             auth_token_ttl: parse(&lookup, "MC_AUTH_TOKEN_TTL_SECS")?
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.auth_token_ttl),
+            health_addr: parse(&lookup, HEALTH_ADDR)?,
+            migrate_on_boot: parse(&lookup, "MC_MIGRATE_ON_BOOT")?
+                .unwrap_or(defaults.migrate_on_boot),
         })
     }
 }
@@ -149,6 +248,7 @@ where
     T::Err: std::fmt::Display,
 {
     lookup(name)
+        .filter(|value| !value.trim().is_empty())
         .map(|value| {
             value.trim().parse().map_err(|e: T::Err| ConfigError {
                 name,

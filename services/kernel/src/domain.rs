@@ -60,6 +60,11 @@ impl Domain {
         self
     }
 
+    /// Every tool some plugin of the domain cannot boot without.
+    pub fn required_tools(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().flat_map(PluginEntry::required_tools)
+    }
+
     /// The domain's migrations, usually `microcore::migrations!()`.
     pub fn migrations(mut self, migrations: Migrations) -> Self {
         self.migrations = Some(migrations);

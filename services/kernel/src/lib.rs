@@ -9,10 +9,12 @@
 //! Start with [`prelude`]: it is all a plugin file needs.
 
 pub mod causality;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod plugin;
+pub mod probes;
 pub mod service;
 mod status;
 mod system;

@@ -108,6 +108,7 @@ type Constructor = fn(&Toolbox, &PluginId) -> Result<Arc<dyn DynPlugin>, Missing
 pub struct PluginEntry {
     name: &'static str,
     construct: Constructor,
+    required_tools: fn(&mut Vec<&'static str>),
 }
 
 impl PluginEntry {
@@ -118,11 +119,19 @@ impl PluginEntry {
                 let plugin: Arc<dyn DynPlugin> = Arc::new(P::new(P::Tools::inject(tools, id)?));
                 Ok(plugin)
             },
+            required_tools: P::Tools::required_tools,
         }
     }
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The tools the plugin cannot boot without.
+    pub fn required_tools(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        (self.required_tools)(&mut names);
+        names
     }
 
     pub(crate) fn construct(

@@ -1,7 +1,8 @@
-//! The life of a service process: connect, migrate, inject tools,
-//! construct and boot plugins, register endpoints, serve, and on SIGTERM or
-//! SIGINT drain gracefully: stop taking requests, finish the ones in
-//! flight, deregister, exit 0.
+//! The life of a service process: connect, migrate (or check that a
+//! pipeline did), inject tools, construct and boot plugins, register
+//! endpoints, serve, and on SIGTERM or SIGINT drain gracefully: stop taking
+//! requests, finish the ones in flight, deregister, exit 0. Health probes
+//! see it all (see [`probes`](crate::probes)).
 //!
 //! A request that has to wait (for its database, another service, a
 //! timer) runs in its own task, so one slow handler never delays another;
@@ -31,6 +32,7 @@ use crate::config::{ConfigError, DEFAULT_NATS_URL, ServiceConfig};
 use crate::domain::Domain;
 use crate::http::{self, Http, Route, RouteMetrics};
 use crate::plugin::{BootError, DynPlugin, PluginId, PluginState};
+use crate::probes::{HealthListener, HealthListenerError, Readiness};
 use crate::system::SystemEndpoint;
 use crate::telemetry::{self, InstanceIdentity, Metrics, MetricsError};
 use crate::tools::bus::{self, Bus, ResponderMetrics};
@@ -54,6 +56,16 @@ pub enum ServiceError {
     Auth(#[from] AuthError),
     #[error("metrics: {0}")]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    HealthListener(#[from] HealthListenerError),
+    #[error(
+        "{service}: migrations {versions:?} are not applied and MC_MIGRATE_ON_BOOT is false: \
+         run `{service} migrate` first"
+    )]
+    PendingMigrations {
+        service: &'static str,
+        versions: Vec<i64>,
+    },
 }
 
 /// A domain about to become a running service.
@@ -94,7 +106,13 @@ impl Service {
 
     /// Connects to NATS and the database, forwards the process's logs to
     /// the bus, serves until SIGTERM or SIGINT, then shuts down gracefully.
+    /// With `MC_HEALTH_ADDR` set, answers health probes all along.
     pub async fn run(self) -> Result<(), ServiceError> {
+        let readiness = Readiness::default();
+        let probes = match self.config.health_addr {
+            Some(addr) => Some(HealthListener::bind(addr, readiness.clone()).await?),
+            None => None,
+        };
         let subjects = Subjects::new(&self.config.subject_prefix);
         let (transport, db) = tokio::try_join!(
             async {
@@ -112,8 +130,14 @@ impl Service {
         let transport: Arc<dyn Transport> = Arc::new(transport);
         crate::telemetry::forward_logs(transport.clone(), subjects);
         let running = self.start(transport, db).await?;
+        readiness.ready(running.tools.clone());
         shutdown_signal().await;
-        running.shutdown().await
+        readiness.stopping();
+        let stopped = running.shutdown().await;
+        if let Some(probes) = probes {
+            probes.close().await;
+        }
+        stopped
     }
 
     /// Migrates, boots the plugins and starts serving over `transport`.
@@ -143,10 +167,22 @@ impl Service {
             telemetry::DbMetrics::new(metrics.meter(), db.engine().system_name()),
         );
         async {
-            if let Some(migrations) = &domain.migrations {
-                db.migrate(migrations).await?;
+            if config.migrate_on_boot {
+                return migrate(&domain, &db).await;
             }
-            bus::ensure_outbox_table(&db).await
+            if let Some(migrations) = &domain.migrations {
+                let versions = db.pending_migrations(migrations).await?;
+                if !versions.is_empty() {
+                    return Err(ServiceError::PendingMigrations {
+                        service: domain.name,
+                        versions,
+                    });
+                }
+            }
+            // The kernel's own table, created if missing like any outbox.
+            bus::ensure_outbox_table(&db)
+                .await
+                .map_err(ServiceError::from)
         }
         .instrument(span.clone())
         .await?;
@@ -195,7 +231,7 @@ impl Service {
             instance: instance_id.clone(),
             bus: bus.counters().clone(),
             metrics: metrics.clone(),
-            tools,
+            tools: tools.clone(),
         };
         let endpoints: Vec<Endpoint> = http
             .routes()
@@ -290,8 +326,19 @@ impl Service {
             db,
             metrics,
             config,
+            tools,
         })
     }
+}
+
+/// Applies the domain's migrations and creates the outbox table: at boot,
+/// or as a step of its own (`<service> migrate`).
+pub(crate) async fn migrate(domain: &Domain, db: &Db) -> Result<(), ServiceError> {
+    if let Some(migrations) = &domain.migrations {
+        db.migrate(migrations).await?;
+    }
+    bus::ensure_outbox_table(db).await?;
+    Ok(())
 }
 
 /// What a registered endpoint serves: an HTTP route or a request-reply
@@ -379,6 +426,8 @@ pub struct RunningService {
     db: Db,
     metrics: Metrics,
     config: ServiceConfig,
+    /// What readiness checks: the tools that depend on the outside.
+    tools: Toolbox,
 }
 
 impl RunningService {

@@ -120,7 +120,7 @@ impl Wanted {
 }
 
 /// A tool's finding as the report carries it.
-fn tool_health(tool: &str, health: Health) -> ToolHealth {
+pub(crate) fn tool_health(tool: &str, health: Health) -> ToolHealth {
     ToolHealth {
         tool: tool.to_owned(),
         healthy: health.is_healthy(),

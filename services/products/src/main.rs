@@ -1,4 +1,6 @@
-//! The products service process.
+//! The products service process (`products --help` lists its commands).
+
+use std::process::ExitCode;
 
 // The hot paths allocate many small, short-lived buffers (headers,
 // subjects, spans), which mimalloc serves at a fraction of glibc's cost.
@@ -6,10 +8,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _telemetry = microcore::telemetry::init("products");
-    microcore::Service::from_env(products::domain())?
-        .run()
-        .await?;
-    Ok(())
+async fn main() -> ExitCode {
+    microcore::cli::run(products::domain()).await
 }

@@ -1,4 +1,6 @@
-//! The users service process.
+//! The users service process (`users --help` lists its commands).
+
+use std::process::ExitCode;
 
 // The hot paths allocate many small, short-lived buffers (headers,
 // subjects, spans), which mimalloc serves at a fraction of glibc's cost.
@@ -6,8 +8,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _telemetry = microcore::telemetry::init("users");
-    microcore::Service::from_env(users::domain())?.run().await?;
-    Ok(())
+async fn main() -> ExitCode {
+    microcore::cli::run(users::domain()).await
 }

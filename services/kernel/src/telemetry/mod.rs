@@ -55,8 +55,50 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use log_stream::forward_logs;
 
+use crate::config::Variable;
+
 /// The log filter when `RUST_LOG` is unset or unreadable.
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// The variables telemetry reads, in every binary.
+pub const VARIABLES: &[Variable] = &[
+    Variable::optional("RUST_LOG", DEFAULT_LOG_FILTER, "log filter"),
+    Variable::optional(
+        "MC_LOG_FORMAT",
+        "<pretty on a terminal, json otherwise>",
+        "json or pretty",
+    ),
+    Variable::optional(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP collector of traces and metrics (unset: nothing exported)",
+    ),
+    Variable::optional(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf",
+        "or http/json",
+    ),
+    Variable::optional(
+        "OTEL_SERVICE_NAME",
+        "<the service name>",
+        "service.name of exported traces and metrics",
+    ),
+    Variable::optional(
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "which traces are recorded",
+    ),
+    Variable::optional(
+        "OTEL_TRACES_SAMPLER_ARG",
+        "",
+        "the sampler's argument (a ratio)",
+    ),
+    Variable::optional(
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "60000",
+        "milliseconds between two OTLP metric exports",
+    ),
+];
 
 /// The most verbose level `RUST_LOG` lets the logs show (`None`: no
 /// bound is known), read once by [`init`].

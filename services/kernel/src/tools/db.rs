@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrate as _;
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use tokio::sync::Notify;
 
@@ -171,6 +172,32 @@ impl Db {
         })
     }
 
+    /// The versions of `migrations` this database has not applied yet, for
+    /// a service that must not migrate at boot.
+    pub async fn pending_migrations(&self, migrations: &Migrations) -> Result<Vec<i64>, DbError> {
+        let migrator = match self.engine {
+            Engine::Postgres => &migrations.postgres,
+            Engine::Sqlite => &migrations.sqlite,
+        };
+        let migrate_error = |e| DbError::other(sqlx::Error::Migrate(Box::new(e)));
+        let mut conn = self.pool.acquire().await?;
+        // Creates only sqlx's bookkeeping table, so that a fresh database
+        // reads as "everything pending" rather than as an error.
+        conn.ensure_migrations_table(&migrator.table_name)
+            .await
+            .map_err(migrate_error)?;
+        let applied = conn
+            .list_applied_migrations(&migrator.table_name)
+            .await
+            .map_err(migrate_error)?;
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .filter(|version| !applied.iter().any(|a| a.version == *version))
+            .collect())
+    }
+
     /// Round-trips a trivial query.
     pub async fn health_check(&self) -> Result<(), DbError> {
         self.pool.execute("SELECT 1").await?;
@@ -187,25 +214,35 @@ async fn connect_postgres(
     schema: Option<&str>,
     max_connections: u32,
 ) -> Result<AnyPool, DbError> {
-    let schema = schema.map(quote_identifier);
-    if let Some(schema) = &schema {
+    let quoted = schema.map(quote_identifier);
+    if let (Some(unquoted), Some(schema)) = (schema, &quoted) {
         let setup = AnyPoolOptions::new()
             .max_connections(1)
             .connect(url)
             .await?;
-        setup
-            // The schema name is quoted by `quote_identifier`.
-            .execute(AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}"
-            )))
-            .await?;
+        // Asked first: a role given its schema by an administrator may not
+        // create schemas, and Postgres checks that right before it checks
+        // IF NOT EXISTS.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(unquoted)
+                .fetch_one(&setup)
+                .await?;
+        if !exists {
+            setup
+                // The schema name is quoted by `quote_identifier`.
+                .execute(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                )))
+                .await?;
+        }
         setup.close().await;
     }
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
-            let search_path = schema.as_ref().map(|s| format!("SET search_path TO {s}"));
+            let search_path = quoted.as_ref().map(|s| format!("SET search_path TO {s}"));
             Box::pin(async move {
                 if let Some(sql) = search_path {
                     conn.execute(AssertSqlSafe(sql)).await?;

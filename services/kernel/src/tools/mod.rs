@@ -118,6 +118,10 @@ pub struct MissingTool(pub &'static str);
 /// falls back to `None`), or a tuple of those.
 pub trait Inject: Sized {
     fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool>;
+
+    /// Adds the names of the tools injection cannot do without, so a
+    /// binary can say what its deployment must provide before it boots.
+    fn required_tools(_names: &mut Vec<&'static str>) {}
 }
 
 impl<T: Tool> Inject for T {
@@ -126,6 +130,10 @@ impl<T: Tool> Inject for T {
             .get::<T>()
             .map(|tool| tool.for_plugin(plugin))
             .ok_or(MissingTool(T::NAME))
+    }
+
+    fn required_tools(names: &mut Vec<&'static str>) {
+        names.push(T::NAME);
     }
 }
 
@@ -146,6 +154,10 @@ macro_rules! inject_tuple {
         impl<$($name: Inject),+> Inject for ($($name,)+) {
             fn inject(tools: &Toolbox, plugin: &PluginId) -> Result<Self, MissingTool> {
                 Ok(($($name::inject(tools, plugin)?,)+))
+            }
+
+            fn required_tools(names: &mut Vec<&'static str>) {
+                $($name::required_tools(names);)+
             }
         }
     };
@@ -190,6 +202,10 @@ mod tests {
         assert!(<(Clock, Option<Mailer>)>::inject(&tools, &plugin).is_ok());
         let err = <(Clock, Mailer)>::inject(&tools, &plugin).err().unwrap();
         assert_eq!(err.to_string(), "missing tool `mailer`");
+
+        let mut required = Vec::new();
+        <(Clock, Option<Mailer>)>::required_tools(&mut required);
+        assert_eq!(required, ["clock"]);
     }
 
     /// A tool whose check finds it down, or never finishes.

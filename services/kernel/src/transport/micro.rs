@@ -222,11 +222,14 @@ struct Draining {
     closed: bool,
 }
 
-/// Answers the protocol's verbs for `instance` until drained.
+/// Answers the protocol's verbs for `instance` until the drain signal,
+/// then stops at once: a stopping instance is no longer one to discover
+/// (a sweep that found it would list it again after its down
+/// announcement), and a verb left unanswered loses nothing.
 pub async fn serve_verbs(
     client: &Client,
     instance: Arc<Instance>,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) -> Result<(), async_nats::SubscribeError> {
     let (name, id) = (&instance.info.name, &instance.info.id);
     let mut verbs = SelectAll::new();
@@ -237,12 +240,21 @@ pub async fn serve_verbs(
             format!("$SRV.{verb}.{name}.{id}"),
         ] {
             let subscriber = client.subscribe(subject).await?;
-            verbs.push(drainable(subscriber, drain.clone()).map(move |m| (verb, m)));
+            verbs.push(subscriber.map(move |m| (verb, m)));
         }
     }
     let client = client.clone();
     tokio::spawn(async move {
-        while let Some((verb, message)) = verbs.next().await {
+        loop {
+            let (verb, message) = tokio::select! {
+                biased;
+                // A dropped sender stops them too.
+                _ = drain.changed() => break,
+                next = verbs.next() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
             let Some(reply) = message.reply else { continue };
             let answer = match verb {
                 "PING" => instance.ping(),
@@ -254,6 +266,7 @@ pub async fn serve_verbs(
                 tracing::debug!(error = %e, "could not answer a $SRV request");
             }
         }
+        // Dropping the subscriptions unsubscribes them.
     });
     Ok(())
 }
