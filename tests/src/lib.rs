@@ -29,6 +29,7 @@ pub mod bare_hop;
 pub mod binaries;
 pub mod db;
 pub mod embedded;
+pub mod env_template;
 pub mod events;
 pub mod http;
 pub mod logs;

@@ -20,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use microcore_e2e::env_template::Variables;
 use microcore_e2e::otlp::{Collector, Span};
 use microcore_e2e::{
     HttpClient, NatsServer, SHOP, ServiceProcess, TestDb, binary, free_port, logs, wait,
@@ -200,40 +201,6 @@ fn interpolate(value: &str) -> Result<String, String> {
 
 // ---- what the compose file is checked against ----
 
-/// The variables a binary reads, from its `env` template.
-#[derive(Debug, Clone, Default)]
-struct Variables {
-    /// Uncommented `NAME=` lines: a deployment must set them.
-    required: BTreeSet<String>,
-    /// Every variable listed, required or commented out with its default.
-    known: BTreeSet<String>,
-}
-
-impl Variables {
-    fn parse(template: &str) -> Self {
-        let mut variables = Self::default();
-        for line in template.lines() {
-            if let Some(name) = assigned_variable(line) {
-                variables.required.insert(name.to_owned());
-                variables.known.insert(name.to_owned());
-            } else if let Some(name) = line.strip_prefix("# ").and_then(assigned_variable) {
-                variables.known.insert(name.to_owned());
-            }
-        }
-        variables
-    }
-}
-
-/// `NAME` of a line `NAME=…` (`^[A-Z][A-Z0-9_]*=`).
-fn assigned_variable(line: &str) -> Option<&str> {
-    let (name, _) = line.split_once('=')?;
-    let mut chars = name.chars();
-    let first = chars.next()?;
-    (first.is_ascii_uppercase()
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-    .then_some(name)
-}
-
 /// The workspace, the image and the database script, as the compose file
 /// must fit them.
 #[derive(Debug, Clone)]
@@ -261,7 +228,7 @@ impl Deployment {
             .unwrap_or_else(|e| panic!("{DOCKERFILE}: {e}"));
         let variables = image_binaries
             .iter()
-            .map(|name| (name.clone(), Variables::parse(&env_template(name))))
+            .map(|name| (name.clone(), Variables::of(name)))
             .collect();
         let init = read(&root.join(INIT_SQL));
         Self {
@@ -381,22 +348,6 @@ fn init_schemas(sql: &str) -> BTreeMap<String, String> {
             },
         )
         .collect()
-}
-
-/// What `<binary> env` prints, run with nothing in its environment.
-fn env_template(name: &str) -> String {
-    let output = Command::new(binary(name))
-        .arg("env")
-        .env_clear()
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{name} env`: {e}"));
-    assert!(
-        output.status.success(),
-        "`{name} env` failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `(role, password)` of a `postgres://role:password@host/db` URL.
@@ -743,18 +694,6 @@ fn interpolation_takes_defaults_and_refuses_variables_without_one() {
     assert!(interpolate("${A}").is_err());
     assert!(interpolate("$A").is_err());
     assert!(interpolate("${A:-x").is_err());
-}
-
-#[test]
-fn env_templates_are_read_as_required_and_optional_variables() {
-    let variables = Variables::parse(
-        "# NATS server(s)\nNATS_URL=\n# prefix of every subject\n# MC_SUBJECT_PREFIX=mc\n",
-    );
-    assert_eq!(variables.required, BTreeSet::from(["NATS_URL".to_owned()]));
-    assert_eq!(
-        variables.known,
-        BTreeSet::from(["NATS_URL".to_owned(), "MC_SUBJECT_PREFIX".to_owned()])
-    );
 }
 
 // ---- the end-to-end run ----

@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use microcore_e2e::{binary, logs};
+use microcore_e2e::env_template::Variables;
+use microcore_e2e::logs;
 use serde_json::Value;
 
 /// The manifests, relative to the workspace root.
@@ -239,45 +240,14 @@ fn domain_services() -> BTreeSet<String> {
     domains
 }
 
-/// The variables `<binary> env` marks required: its uncommented
-/// `NAME=` lines.
+/// The variables `<binary> env` marks required.
 fn required_variables(name: &str) -> BTreeSet<String> {
-    let path = binary(name);
-    let scratch = tempfile::tempdir().expect("a temporary directory");
-    // Nothing of the test's own environment (or a .env file) may change
-    // what the binary reports.
-    let output = Command::new(&path)
-        .arg("env")
-        .env_clear()
-        .current_dir(scratch.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {} env: {e}", path.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "`{name} env` failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let required: BTreeSet<String> = stdout
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(variable, _)| variable)
-        .filter(|variable| is_variable_name(variable))
-        .map(str::to_owned)
-        .collect();
+    let required = Variables::of(name).required;
     assert!(
         required.contains("NATS_URL"),
-        "`{name} env` marks no NATS_URL required; it printed:\n{stdout}"
+        "`{name} env` marks no NATS_URL required: {required:?}"
     );
     required
-}
-
-/// `^[A-Z][A-Z0-9_]*$`
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_uppercase())
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn expected() -> Expected {
