@@ -89,15 +89,31 @@ impl TestDb {
     pub async fn refuse_connections(&self) {
         let mut admin = self.admin_connection().await;
         self.allow_connections(&mut admin, false).await;
+        self.end_connections_with(&mut admin).await;
+        let _ = admin.close().await;
+    }
+
+    /// Ends every open connection to the database (the test's own pool's
+    /// too), as a server restart or an idle-session timeout does; new
+    /// connections are still accepted.
+    ///
+    /// # Panics
+    /// When Postgres refuses.
+    pub async fn end_connections(&self) {
+        let mut admin = self.admin_connection().await;
+        self.end_connections_with(&mut admin).await;
+        let _ = admin.close().await;
+    }
+
+    async fn end_connections_with(&self, admin: &mut PgConnection) {
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
         .bind(&self.name)
-        .execute(&mut admin)
+        .execute(admin)
         .await
         .unwrap_or_else(|e| panic!("cannot end the connections to {}: {e}", self.name));
-        let _ = admin.close().await;
     }
 
     /// Undoes [`refuse_connections`](Self::refuse_connections).

@@ -291,3 +291,25 @@ on_both_engines! {
     errors_carry_the_same_kind_on_every_engine,
     the_outbox_publishes_after_commit_and_never_after_rollback,
 }
+
+/// Connections the server ended while they sat in the pool (a restart, an
+/// idle-session timeout) are found dead on acquire and replaced: the next
+/// queries succeed, none sees the broken connection.
+#[tokio::test]
+async fn postgres_connections_ended_while_idle_are_replaced_unseen() {
+    let (test_db, db) = postgres().await;
+    let held = futures_util::future::join_all((0..4).map(|_| db.pool().acquire())).await;
+    assert!(
+        held.iter().all(Result::is_ok),
+        "the pool opens 4 connections"
+    );
+    drop(held);
+    test_db.end_connections().await;
+    // Past the window in which a just-released connection is trusted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for attempt in 0..8 {
+        let name = format!("after the restart {attempt}");
+        let result = insert(&db, 100 + attempt, &name, 1).await;
+        assert!(result.is_ok(), "query {attempt}: {result:?}");
+    }
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrate as _;
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
+use sqlx::{AnyPool, AssertSqlSafe, Connection as _, Executor};
 use tokio::sync::Notify;
 
 use crate::config::ServiceConfig;
@@ -30,6 +30,15 @@ use crate::tools::{Health, Tool, Transaction};
 /// How long a SQLite transaction waits for its turn to write (SQLite's own
 /// `busy_timeout` is the same).
 const WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a pooled connection may sit idle and still be handed out
+/// without a ping. sqlx pings every connection as it goes back to the
+/// pool, so one reused within this window was checked moments ago; its
+/// default, a second ping on acquire, costs a database round trip per
+/// query under load. A connection idle for longer (the server may have
+/// ended it) is pinged first and replaced when dead. HikariCP skips its
+/// check the same way.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// The engine behind a [`Db`]. Plugins seldom need to know; migrations and
 /// the kernel's own tables do.
@@ -238,7 +247,7 @@ async fn connect_postgres(
         }
         setup.close().await;
     }
-    let pool = AnyPoolOptions::new()
+    let pool = pool_options()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
@@ -253,6 +262,21 @@ async fn connect_postgres(
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+/// The options of every service pool: connections are checked on acquire
+/// only after [`TRUSTED_IDLE`].
+fn pool_options() -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TRUSTED_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 async fn connect_sqlite(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
@@ -280,12 +304,12 @@ async fn connect_sqlite(url: &str, max_connections: u32) -> Result<AnyPool, DbEr
     // Every connection to `:memory:` is a database of its own: keep one,
     // for good.
     let options = if in_memory {
-        AnyPoolOptions::new()
+        pool_options()
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
     } else {
-        AnyPoolOptions::new().max_connections(max_connections)
+        pool_options().max_connections(max_connections)
     };
     let pool = options
         .acquire_timeout(Duration::from_secs(5))
