@@ -304,6 +304,14 @@ async fn postgres_connections_ended_while_idle_are_replaced_unseen() {
         "the pool opens 4 connections"
     );
     drop(held);
+    // Back in the pool (they return in the background), so the ones
+    // ended are the ones the next queries are handed.
+    let returned = tokio::time::timeout(Duration::from_secs(5), async {
+        while db.pool().num_idle() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(returned.await.is_ok(), "the connections return to the pool");
     test_db.end_connections().await;
     // Past the window in which a just-released connection is trusted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
