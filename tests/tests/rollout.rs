@@ -292,15 +292,16 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_event() {
     assert!(repeated.is_empty(), "events stored twice: {repeated:?}");
 
     // Every user created was welcomed, once, by whichever notifications
-    // replica was running. Within seconds: a replica that stopped left no
-    // event in hand for the server to offer again after its ack wait.
+    // replica was running. Usually within seconds; but an event the server
+    // sent just as a replica stopped reaches no handler and comes back only
+    // after the consumers' 30 s ack wait, late but not lost.
     let welcomed_after = Instant::now();
     let expected: BTreeSet<String> = users.iter().map(i64::to_string).collect();
     let pool = system.db().pool();
     let rows: Vec<(String, i64)> = system
         .wait_for(
             "every created user has its welcome notification",
-            Duration::from_secs(10),
+            Duration::from_secs(45),
             || async {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
                     "SELECT user_id, count(*) FROM notifications.notifications GROUP BY user_id",
